@@ -1,0 +1,232 @@
+"""Datasets as device-resident uint8 tensors, and the batches the training loop eats.
+
+Each dataset is loaded once into ``(N, C, H, W)`` uint8 tensors (train / val / test).
+:class:`DeviceData` moves them to the device, then every batch is an index slice of a
+seeded permutation, normalised and augmented on the device as a whole batch: no
+per-sample Python in the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from optimlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+
+def load(cfg) -> Splits:
+    """Load the dataset named by ``cfg.name`` (a ``data`` config group entry)."""
+    loaders = {"cifar10": load_cifar10, "digits": load_digits, "synthetic": make_synthetic}
+    if cfg.name not in loaders:
+        raise DataError(f"data.name={cfg.name!r} is not a known dataset; choose one of {sorted(loaders)}")
+    return loaders[cfg.name](cfg)
+
+
+def _split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """Hold out ``size`` random samples of ``split`` (a fixed seed: the split never moves)."""
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    keep, held = perm[size:], perm[:size]
+    return Split(split.x[keep], split.y[keep]), Split(split.x[held], split.y[held])
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST_FILE = "test_batch"
+
+
+def _read_cifar_batch(path: Path) -> Split:
+    # The python version of CIFAR-10: pickled dicts with 'data' (N×3072 uint8) and 'labels'.
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels")
+    except Exception as e:  # any unreadable file is the same problem for the user
+        raise DataError(
+            f"CIFAR-10 file {path} is corrupt or not in the python CIFAR-10 format ({e}); "
+            f"delete {path.parent} and download it again"
+        ) from e
+    return Split(torch.from_numpy(data.copy()), torch.from_numpy(labels))
+
+
+def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # offline machines must fail in seconds, not hang
+    try:
+        log.info("downloading CIFAR-10 into %s", root)
+        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+    except Exception as e:
+        raise DataError(
+            f"CIFAR-10 is not in {root / CIFAR10_FOLDER} and downloading it failed ({e.__class__.__name__}: {e}). "
+            f"Put the extracted python version of CIFAR-10 (cifar-10-python.tar.gz) there or point "
+            f"data.root=<folder containing {CIFAR10_FOLDER}> at it; data=digits and data=synthetic work offline."
+        ) from e
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def load_cifar10(cfg) -> Splits:
+    root = Path(cfg.root).expanduser()
+    folder = root / CIFAR10_FOLDER
+    files = [folder / f for f in [*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE]]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        if not cfg.download:
+            raise DataError(
+                f"CIFAR-10 is not in {folder} (missing: {', '.join(missing)}) and data.download=false. "
+                f"Put the extracted python version of CIFAR-10 there, set data.download=true when online, "
+                f"or use data=digits / data=synthetic, which work offline."
+            )
+        _download_cifar10(root)
+    parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN_FILES]
+    train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+    test = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
+    train, val = _split_off(train, cfg.val_size, cfg.split_seed)
+    return Splits(train, val, test)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def load_digits(cfg) -> Splits:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    if cfg.image_size != 8:
+        x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    x = x.repeat(1, cfg.channels, 1, 1)
+    full = Split((x * 255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(bunch.target).long())
+    rest, test = _split_off(full, cfg.test_size, cfg.split_seed)
+    train, val = _split_off(rest, cfg.val_size, cfg.split_seed + 1)
+    return Splits(train, val, test)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(cfg) -> Splits:
+    """Class prototypes (smooth random images) plus Gaussian noise, all from ``split_seed``."""
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    c, s, k = cfg.channels, cfg.image_size, cfg.num_classes
+    coarse = torch.randn(k, c, 4, 4, generator=g)
+    protos = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
+    protos = protos / protos.flatten(1).std(dim=1).view(k, 1, 1, 1)
+
+    def sample(n: int) -> Split:
+        y = torch.randint(0, k, (n,), generator=g)
+        x = protos[y] + cfg.noise * torch.randn(n, c, s, s, generator=g)
+        return Split((128 + 40 * x).round().clamp(0, 255).to(torch.uint8), y)
+
+    return Splits(sample(cfg.train_size), sample(cfg.val_size), sample(cfg.test_size))
+
+
+# --------------------------------------------------------------------------- on-device batches
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The RNG for one epoch's order and augmentation: a pure function of (seed, epoch),
+    so a run resumed at any epoch sees exactly the batches an uninterrupted run sees."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Random crops of a batch after reflect padding: one gather, no Python per sample."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class DeviceData:
+    """The three splits on one device, served as normalised (and augmented) batches."""
+
+    def __init__(self, splits: Splits, cfg, device: torch.device, channels_last: bool = False):
+        self.device = device
+        self.train, self.val, self.test = (
+            Split(s.x.to(device), s.y.to(device)) for s in (splits.train, splits.val, splits.test)
+        )
+        c = self.train.x.shape[1]
+        if cfg.normalize:
+            mean, std = cfg.get("mean"), cfg.get("std")
+            stats = splits.train.x.float().div(255).transpose(0, 1).reshape(c, -1)
+            mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else stats.mean(1)
+            std = torch.tensor(std, dtype=torch.float32) if std is not None else stats.std(1)
+        else:
+            mean, std = torch.zeros(c), torch.ones(c)
+        # x_norm = (x/255 - mean) / std, folded into one multiply-add
+        self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
+        self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        self.crop_padding = int(cfg.augment.crop_padding)
+        self.flip = bool(cfg.augment.flip)
+        self.shuffle = bool(cfg.shuffle)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self.train) // batch_size)
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = epoch_generator(seed, epoch)
+        n = len(self.train)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = self._normalize(self.train.x[idx])
+            if self.crop_padding:
+                x = random_crop(x, self.crop_padding, g)
+            if self.flip:
+                x = random_flip(x, g)
+            yield x.contiguous(memory_format=self.memory_format), self.train.y[idx]
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data: Split = getattr(self, split)
+        for start in range(0, len(data), batch_size):
+            x = self._normalize(data.x[start : start + batch_size])
+            yield x.contiguous(memory_format=self.memory_format), data.y[start : start + batch_size]

@@ -1,0 +1,163 @@
+"""THE training loop, readable top to bottom.
+
+The seeds' recipe done right: ``zero_grad → forward → loss → backward →
+optimizer.step()``, then the scheduler at its own granularity (never *instead of*
+``optimizer.step()``); losses are accumulated detached, evaluation runs in
+``model.eval()`` under ``torch.inference_mode()``.
+
+Anything outside the loop (metrics files, checkpoints, progress, a sweeper's
+pruning) hooks in through callbacks' ``on_epoch_end(result, state)``; a callback
+stops training by raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from optimlab.data import DeviceData
+from optimlab.errors import Diverged
+
+
+@dataclass
+class EpochResult:
+    """One row of metrics.csv."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, i.e. everything a checkpoint must hold."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # epochs completed
+    history: list[EpochResult] = field(default_factory=list)
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None: ...
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    batch_size: int
+    seed: int
+    interval: str = "epoch"  # when the scheduler steps: epoch | batch | metric
+    monitor: str = "val_loss"  # the metric a `metric` scheduler watches
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    eval_batch_size: int = 1024
+    check_every: int = 1  # steps between NaN/inf checks (each check syncs the device)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: DeviceData, split: str, cfg: LoopConfig) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on a split, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.long)
+    for x, y in data.eval_batches(split, cfg.eval_batch_size):
+        with autocast(data.device, cfg.precision):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = len(getattr(data, split))
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _check_finite(losses: torch.Tensor, upto: int, epoch: int) -> None:
+    """Raise Diverged at the first non-finite loss among ``losses[:upto]``."""
+    window = losses[:upto]
+    if bool(torch.isfinite(window).all()):
+        return
+    bad = int((~torch.isfinite(window)).nonzero()[0])
+    last = float(window[bad - 1]) if bad > 0 else None
+    raise Diverged(epoch=epoch, step=bad, loss=float(window[bad]), last_finite_loss=last)
+
+
+def train_one_epoch(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module) -> float:
+    """One pass over the training split; returns the mean training loss."""
+    model, optimizer, scheduler, scaler = state.model, state.optimizer, state.scheduler, state.scaler
+    epoch = state.epoch
+    model.train()
+    n_steps = data.steps_per_epoch(cfg.batch_size)
+    step_losses = torch.zeros(n_steps, device=data.device)  # detached, no graph kept
+    step_sizes = torch.zeros(n_steps, device=data.device)
+    checked = 0
+    for step, (x, y) in enumerate(data.train_batches(cfg.batch_size, cfg.seed, epoch)):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(data.device, cfg.precision):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if cfg.interval == "batch":
+            scheduler.step()
+        step_losses[step] = loss.detach()
+        step_sizes[step] = len(y)
+        if (step + 1) % cfg.check_every == 0:
+            _check_finite(step_losses, step + 1, epoch)
+            checked = step + 1
+    if checked < n_steps:
+        _check_finite(step_losses, n_steps, epoch)
+    return float((step_losses * step_sizes).sum() / step_sizes.sum())
+
+
+def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequence[Callback] = ()) -> TrainState:
+    """Train from ``state.epoch`` up to ``cfg.epochs``; callbacks see every finished epoch."""
+    loss_fn = nn.CrossEntropyLoss()
+    n_train = len(data.train)
+    while state.epoch < cfg.epochs:
+        lr = state.optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(state, data, cfg, loss_fn)
+        if data.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(state.model, data, "val", cfg)
+        if cfg.interval == "epoch":
+            state.scheduler.step()
+        elif cfg.interval == "metric":
+            state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
+        state.epoch += 1
+        result = EpochResult(
+            epoch=state.epoch,
+            lr=lr,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+            images_per_s=n_train / train_seconds if train_seconds > 0 else math.inf,
+        )
+        state.history.append(result)
+        for callback in callbacks:
+            callback.on_epoch_end(result, state)
+    return state
