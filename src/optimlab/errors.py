@@ -40,3 +40,10 @@ class Diverged(OptimlabError):
             f"training diverged: loss became {loss} at epoch {epoch}, step {step} "
             f"(last finite loss: {last_finite_loss}); try a smaller lr"
         )
+
+
+class CheckpointError(OptimlabError):
+    """A run folder to resume from whose checkpoint is missing, corrupt or does not match."""
+
+    exit_code = 2
+    status = "invalid_config"

@@ -92,6 +92,41 @@ class RunFolder:
         return path
 
 
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng", "config")
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """Read a run folder's checkpoint.pt (on CPU) without writing anything there.
+
+    Raises CheckpointError naming the file when it is missing, unreadable, or not a
+    checkpoint that optimlab wrote (a missing key, history that disagrees with its epoch).
+    """
+    from optimlab.errors import CheckpointError
+
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} does not exist: the run stopped before its first checkpoint "
+            f"(checkpoint.every) or {run_dir} is not a run folder; start the run again instead"
+        )
+    try:
+        # The payload holds numpy/python RNG states, so it is a full pickle: only load
+        # checkpoints you wrote yourself.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or any(k not in payload for k in CHECKPOINT_KEYS):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not an optimlab checkpoint (expected keys {list(CHECKPOINT_KEYS)}, found {found})")
+    if len(payload["history"]) != payload["epoch"]:
+        raise CheckpointError(
+            f"{path} is inconsistent: epoch {payload['epoch']} but {len(payload['history'])} rows of history"
+        )
+    return payload
+
+
 def _fmt(value: Any) -> Any:
     # repr-exact floats: two identical runs give byte-identical metrics.csv (timing aside)
     return repr(value) if isinstance(value, float) else value

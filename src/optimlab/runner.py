@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import data as datasets
+from optimlab import resume as resuming
 from optimlab.config import validate
 from optimlab.errors import ConfigError, DeviceError, OptimlabError
 from optimlab.rundir import RunFolder, command_line, device_info, environment, now_iso
@@ -139,6 +140,7 @@ class RunFolderWriter:
                 # batches are a pure function of (seed, epoch): see data.epoch_generator
                 "data_order": {"seed": self.cfg.seed, "next_epoch": state.epoch},
                 "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "config_yaml": OmegaConf.to_yaml(self.cfg),  # with interpolations, for resume
             }
         )
 
@@ -167,6 +169,9 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
     folder = RunFolder(run_dir)
     summary = base_summary(cfg, folder, overrides or [])
     try:
+        resumed = resuming.prepare(cfg, overrides or []) if cfg.get("resume") else None  # reads only
+        if resumed is not None:
+            cfg = resumed.config  # the saved run's config (+ harmless overrides)
         validate(cfg)
         device = resolve_device(cfg.device.type)
         precision = resolve_precision(cfg.precision, device)
@@ -182,6 +187,7 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
                 f"({len(splits.train)} images for data={cfg.data.name})"
             )
         data = datasets.DeviceData(splits, cfg.data, device, channels_last=cfg.channels_last)
+        resuming.arm_kill_switch(data)  # OPTIMLAB_KILL_AT, for resume tests
 
         torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -199,6 +205,9 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
             eval_batch_size=cfg.eval_batch_size,
             check_every=1 if device.type == "cpu" else 50,
         )
+        if resumed is not None:
+            resumed.restore(state)
+            summary["resumed_from"] = resumed.info()
     except OptimlabError as e:
         folder.write_summary({**summary, "status": e.status, "error": str(e), "finished_at": now_iso()})
         raise
@@ -215,6 +224,8 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
     setup_s = time.perf_counter() - t_start
 
     writer = RunFolderWriter(folder, cfg, every=cfg.checkpoint.every)
+    if resumed is not None:
+        resumed.begin(folder, writer, state)
     t_train = time.perf_counter()
     try:
         fit(state, data, loop, callbacks=[writer, *callbacks])

@@ -1,0 +1,258 @@
+"""Continue a killed or finished run from its folder: ``python train.py resume=<run folder>``.
+
+The resumed run writes a NEW run folder (the one Hydra makes for every command) and only
+reads the old one, so a resume that fails — or is itself killed — leaves the original as
+it was and can be tried again. The new folder starts with the original's history and
+checkpoint, so it is a complete run by itself; ``summary.json`` records ``resumed_from``.
+
+What is restored: model, optimizer, scheduler, GradScaler, the python/numpy/torch/CUDA
+RNG states, the epoch and the history of metrics. The data order needs no state: the
+batches and augmentation of epoch ``e`` are a pure function of ``(seed, e)``. On CPU the
+final metrics and weights equal an uninterrupted run's bit for bit.
+
+The config is the saved one. Overrides given with ``resume=`` may change only keys that
+cannot alter the numbers already computed (:data:`HARMLESS_KEYS`, e.g. ``epochs`` when the
+scheduler does not depend on it); anything else is a :class:`ConfigError` naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from optimlab.errors import CheckpointError, ConfigError
+from optimlab.rundir import load_checkpoint
+from optimlab.training import EpochResult, TrainState
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between the saved run and the resumed one: they change how far
+# a run goes or what it prints, never the numbers of the epochs already trained.
+HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "checkpoint.every", "progress")
+
+# Fault injection for tests and drills: "E" or "E:S" makes the process SIGKILL itself
+# just before training step S (default 0) of epoch E (1-based). "3" = right after epoch
+# 2 ended and was checkpointed; "3:5" = in the middle of epoch 3.
+KILL_ENV = "OPTIMLAB_KILL_AT"
+
+
+@dataclass
+class Resume:
+    """A checked plan to continue the run in ``source``: the effective config and the checkpoint."""
+
+    source: Path
+    config: DictConfig
+    checkpoint: dict[str, Any]
+    changed: dict[str, tuple[Any, Any]]  # harmless key -> (saved, now)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint["epoch"])
+
+    def info(self) -> dict[str, Any]:
+        """What summary.json records under ``resumed_from``."""
+        return {
+            "run_dir": str(self.source),
+            "epoch": self.epoch,
+            "changed": {k: {"saved": a, "now": b} for k, (a, b) in self.changed.items()},
+        }
+
+    def restore(self, state: TrainState) -> None:
+        """Load every saved state into freshly built objects (the RNGs last)."""
+        ckpt = self.checkpoint
+        try:
+            state.model.load_state_dict(ckpt["model"])
+            state.optimizer.load_state_dict(ckpt["optimizer"])
+            state.scheduler.load_state_dict(ckpt["scheduler"])
+            state.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{self.source / 'checkpoint.pt'} does not fit the run's config ({type(e).__name__}: {e})"
+            ) from e
+        state.epoch = self.epoch
+        state.history = [EpochResult(**row) for row in ckpt["history"]]
+        set_rng_states(ckpt["rng"])
+
+    def begin(self, folder, writer, state: TrainState) -> None:
+        """Give the new run folder the restored history and a checkpoint at once, so it
+        is resumable itself even if killed before its next checkpoint."""
+        folder.write_metrics([r.as_row() for r in state.history])
+        writer.save(state)
+        target = self.config.epochs
+        if state.epoch >= target:
+            log.info("resume: %s already completed %d/%d epochs; nothing to train", self.source, state.epoch, target)
+        else:
+            log.info("resume: continuing %s from epoch %d/%d", self.source, state.epoch, target)
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --------------------------------------------------------------------------- config
+
+
+def flatten(container: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a (resolved) config as ``{"a.b.c": value}``; lists are leaves."""
+    if isinstance(container, dict):
+        out: dict[str, Any] = {}
+        for k, v in container.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: container}
+
+
+def is_harmless(key: str) -> bool:
+    return any(key == h or key.startswith(h + ".") for h in HARMLESS_KEYS)
+
+
+def saved_config(ckpt: dict[str, Any]) -> DictConfig:
+    """The config the checkpoint was trained with, with its interpolations when saved."""
+    if ckpt.get("config_yaml"):
+        return OmegaConf.create(ckpt["config_yaml"])
+    return OmegaConf.create(ckpt["config"])
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def effective_config(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config with only the keys the user named on the command line taken from
+    ``composed`` (the config Hydra built for this command), plus keys the saved config
+    lacks (knobs added to optimlab since it was written)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    OmegaConf.set_struct(cfg, False)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key == "resume" or key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is not None and leaf in node:
+                del node[leaf]
+            continue
+        key = key.replace("/", ".")
+        value = OmegaConf.select(composed, key, throw_on_missing=False)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=False)
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    for key in composed:
+        if key not in cfg:
+            cfg[key] = OmegaConf.to_container(composed, resolve=False)[key]
+    cfg.resume = composed.resume
+    return cfg
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    a, b = flatten(saved), flatten(now)
+    missing = object()
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    }
+
+
+def _describe(diffs: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items())
+
+
+def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
+    """Check everything about ``cfg.resume`` without writing anywhere; return the plan.
+
+    Raises CheckpointError (missing, corrupt or mismatched checkpoint) or ConfigError
+    (overrides that change more than :data:`HARMLESS_KEYS`).
+    """
+    source = Path(to_absolute_path(str(cfg.resume)))
+    ckpt = load_checkpoint(source)
+    saved = saved_config(ckpt)
+    saved_resolved = ckpt["config"]
+    try:
+        if _resolved(saved) != saved_resolved:
+            raise CheckpointError(f"{source / 'checkpoint.pt'} is inconsistent: its two copies of the config differ")
+    except CheckpointError:
+        raise
+    except Exception:  # an interpolation that only resolves inside its original run
+        pass
+    _check_belongs(source, saved_resolved)
+
+    effective = effective_config(saved, cfg, overrides)
+    try:
+        effective_resolved = _resolved(effective)
+    except Exception as e:
+        raise ConfigError(f"resume={cfg.resume}: the config with your overrides does not resolve ({e})") from e
+    diffs = config_differences(saved_resolved, effective_resolved)
+    forbidden = {k: v for k, v in diffs.items() if not is_harmless(k)}
+    if forbidden:
+        raise ConfigError(
+            f"resume={cfg.resume}: these keys differ from the saved run's config and would change its "
+            f"numbers: {_describe(forbidden)}. Only {', '.join(HARMLESS_KEYS)} may change on resume "
+            f"(start a new run to change anything else)"
+        )
+    if effective.epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"epochs={effective.epochs} is not valid on resume: the run already completed {ckpt['epoch']} epochs"
+        )
+    changed = {k: v for k, v in diffs.items() if k != "resume"}
+    return Resume(source=source, config=effective, checkpoint=ckpt, changed=changed)
+
+
+def _check_belongs(source: Path, saved_resolved: dict[str, Any]) -> None:
+    """The checkpoint must be this folder's own: compare it with ``.hydra/config.yaml``
+    (only for folders that were not themselves resumed: those keep Hydra's config of the
+    resume command there)."""
+    hydra_cfg = source / ".hydra" / "config.yaml"
+    summary = source / "summary.json"
+    if not hydra_cfg.is_file():
+        return
+    try:
+        if summary.is_file() and json.loads(summary.read_text()).get("resumed_from"):
+            return
+        folder_cfg = _resolved(OmegaConf.load(hydra_cfg))
+    except Exception:  # unreadable summary, or interpolations that need the original run
+        return
+    diffs = {k: v for k, v in config_differences(folder_cfg, saved_resolved).items() if k != "resume"}
+    if diffs:
+        raise CheckpointError(
+            f"{source / 'checkpoint.pt'} does not belong to this run folder: its config differs from "
+            f"{hydra_cfg} in {_describe(diffs)}"
+        )
+
+
+# --------------------------------------------------------------------------- fault injection
+
+
+def arm_kill_switch(data) -> None:
+    """If ``OPTIMLAB_KILL_AT`` is set, SIGKILL this process at that point of training."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    epoch_s, _, step_s = spec.partition(":")
+    kill_epoch, kill_step = int(epoch_s), int(step_s or 0)
+    batches = data.train_batches
+
+    def train_batches(batch_size: int, seed: int, epoch: int):
+        for step, batch in enumerate(batches(batch_size, seed, epoch)):
+            if epoch + 1 == kill_epoch and step == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+
+    data.train_batches = train_batches
