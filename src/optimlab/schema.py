@@ -1,0 +1,202 @@
+"""optimlab's config schema: types, ranges and docs of every key, checked before any training.
+
+Each section is a dataclass registered in Hydra's ConfigStore (``optimlab_schema``,
+``optimlab_schema_<group>``), so ``OmegaConf.structured`` gives a typed template of it.
+The composed config is *not* merged into these dataclasses at composition time: keys that
+other parts of optimlab add stay legal, and a mistake gets optimlab's own message, which
+names the key, the value and what is allowed, instead of OmegaConf's validation wall.
+
+A field's ``metadata["rule"]`` is ``(allowed, predicate)``: the value is valid when
+``predicate(value)`` is true; ``allowed`` completes "is not valid: must be ...".
+This module must stay light (no torch): it runs before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INTERVALS = ("epoch", "batch", "metric")
+OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_loss")
+DIRECTIONS = ("maximize", "minimize")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MONITORS = ("val_loss", "val_acc")
+
+
+def _finite(v) -> bool:
+    return math.isfinite(v)
+
+
+def rule(allowed: str, ok) -> dict[str, Any]:
+    return {"rule": (allowed, ok)}
+
+
+def one_of(*options: str) -> dict[str, Any]:
+    return rule(f"one of {', '.join(options)}", lambda v: v in options)
+
+
+POSITIVE = rule("a finite number > 0", lambda v: _finite(v) and v > 0)
+NON_NEGATIVE = rule("a finite number >= 0", lambda v: _finite(v) and v >= 0)
+AT_LEAST_1 = rule(">= 1", lambda v: v >= 1)
+AT_LEAST_0 = rule(">= 0", lambda v: v >= 0)
+UNIT_OPEN = rule("in (0, 1)", lambda v: 0 < v < 1)
+UNIT_RIGHT_OPEN = rule("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+# --------------------------------------------------------------------------- top level
+
+
+@dataclass
+class ObjectiveSchema:
+    metric: str = field(default="val_acc", metadata=one_of(*OBJECTIVE_METRICS))
+    direction: str = field(default="maximize", metadata=one_of(*DIRECTIONS))
+
+
+@dataclass
+class CheckpointSchema:
+    every: int = field(default=1, metadata=rule(">= 0 (0: only at the end)", lambda v: v >= 0))
+
+
+@dataclass
+class DeviceSchema:
+    type: str = field(default="auto", metadata=one_of(*DEVICES))
+
+
+@dataclass
+class AugmentSchema:
+    crop_padding: int = field(default=0, metadata=AT_LEAST_0)
+    flip: bool = False
+
+
+@dataclass
+class DataSchema:
+    name: str = field(default="synthetic", metadata=one_of("cifar10", "digits", "synthetic"))
+    channels: int = field(default=3, metadata=AT_LEAST_1)
+    image_size: int = field(default=32, metadata=AT_LEAST_1)
+    num_classes: int = field(default=10, metadata=rule(">= 2", lambda v: v >= 2))
+    val_size: int = field(default=256, metadata=AT_LEAST_1)
+    train_size: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # synthetic
+    test_size: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # synthetic, digits
+    noise: Optional[float] = field(default=None, metadata=NON_NEGATIVE)  # synthetic
+    root: Optional[str] = None  # cifar10
+    download: Optional[bool] = None  # cifar10
+    split_seed: int = field(default=0, metadata=AT_LEAST_0)
+    shuffle: bool = True
+    normalize: bool = True
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    augment: AugmentSchema = field(default_factory=AugmentSchema)
+
+
+@dataclass
+class OptimizerSchema:
+    """Keys shared by the optimizer options (each option uses a subset)."""
+
+    _target_: str = "torch.optim.SGD"
+    lr: Optional[float] = field(default=None, metadata=POSITIVE)
+    momentum: Optional[float] = field(default=None, metadata=UNIT_RIGHT_OPEN)
+    weight_decay: Optional[float] = field(default=None, metadata=NON_NEGATIVE)
+    betas: Optional[list[float]] = field(
+        default=None, metadata=rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
+    )
+    alpha: Optional[float] = field(default=None, metadata=UNIT_RIGHT_OPEN)
+    eps: Optional[float] = field(default=None, metadata=POSITIVE)
+    dampening: Optional[float] = field(default=None, metadata=rule("in [0, 1]", lambda v: 0 <= v <= 1))
+    nesterov: Optional[bool] = None
+
+
+@dataclass
+class SchedulerSchema:
+    """Keys shared by the scheduler options (each option uses a subset)."""
+
+    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
+    interval: str = field(default="epoch", metadata=one_of(*INTERVALS))
+    monitor: Optional[str] = field(default=None, metadata=one_of(*MONITORS))
+    # StepLR, MultiStepLR, ExponentialLR
+    step_size: Optional[int] = field(default=None, metadata=AT_LEAST_1)
+    gamma: Optional[float] = field(default=None, metadata=POSITIVE)
+    milestones: Optional[list[int]] = field(
+        default=None,
+        metadata=rule(
+            "a list of strictly increasing epochs >= 1",
+            lambda v: all(m >= 1 for m in v) and all(a < b for a, b in zip(v, v[1:])),
+        ),
+    )
+    # ConstantLR
+    factor: Optional[float] = None  # range depends on the scheduler: see config.validate
+    total_iters: Optional[int] = field(default=None, metadata=AT_LEAST_0)
+    # CosineAnnealingLR
+    T_max: Optional[int] = field(default=None, metadata=AT_LEAST_1)
+    eta_min: Optional[float] = field(default=None, metadata=NON_NEGATIVE)
+    # OneCycleLR
+    max_lr: Optional[float] = field(default=None, metadata=POSITIVE)
+    epochs: Optional[int] = field(default=None, metadata=AT_LEAST_1)
+    steps_per_epoch: Optional[int] = field(default=None, metadata=AT_LEAST_1)
+    pct_start: Optional[float] = field(default=None, metadata=UNIT_OPEN)
+    anneal_strategy: Optional[str] = field(default=None, metadata=one_of("cos", "linear"))
+    # ReduceLROnPlateau
+    mode: Optional[str] = field(default=None, metadata=one_of("min", "max"))
+    patience: Optional[int] = field(default=None, metadata=AT_LEAST_0)
+
+
+@dataclass
+class ConfigSchema:
+    lr: float = field(default=0.01, metadata=POSITIVE)
+    momentum: float = field(default=0.9, metadata=UNIT_RIGHT_OPEN)
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    epochs: int = field(default=10, metadata=AT_LEAST_1)
+    batch_size: int = field(default=64, metadata=AT_LEAST_1)
+    seed: int = field(default=0, metadata=AT_LEAST_0)
+    deterministic: bool = False
+    precision: str = field(default="auto", metadata=one_of(*PRECISIONS))
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = field(default=1024, metadata=AT_LEAST_1)
+    objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
+    resume: Optional[str] = None
+    quiet: bool = False
+    tensorboard: bool = True
+    device: DeviceSchema = field(default_factory=DeviceSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+
+
+# The smallest input side each model accepts (pooling must leave >= 1 pixel), by class name.
+def _fastnet_min(model_cfg) -> int:
+    widths = model_cfg.get("widths") or [None]
+    return 2 ** len(widths)
+
+
+MODEL_MIN_IMAGE_SIZE = {
+    "TuduiCNN": lambda m: 8,  # three 2×2 max-pools
+    "LeNet": lambda m: 16,  # two unpadded 5×5 convs + two 2×2 max-pools
+    "ReluCNN": lambda m: 4,  # two 2×2 max-pools
+    "FastNet": _fastnet_min,  # one 2×2 max-pool per width
+}
+
+# Fixed facts of the on-disk datasets.
+DATASET_FACTS = {
+    "cifar10": {"channels": 3, "image_size": 32, "classes": 10, "train_pool": 50000},
+    "digits": {"classes": 10, "pool": 1797},
+}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="optimlab_schema", node=ConfigSchema)
+    for group, node in (
+        ("data", DataSchema),
+        ("device", DeviceSchema),
+        ("optimizer", OptimizerSchema),
+        ("scheduler", SchedulerSchema),
+    ):
+        cs.store(name=f"optimlab_schema_{group}", node=node)
+
+
+register()

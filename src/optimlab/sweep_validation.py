@@ -1,0 +1,223 @@
+"""Checks of a sweep's configuration that run before any trial starts.
+
+:func:`validate_search_space` checks a search space (``hydra.sweeper.params`` or sweep
+overrides on the command line): every key exists in the config (or is a config group
+with those options), intervals have low < high, log scales have low > 0, and every
+endpoint or choice is a value the config accepts. :class:`SweepChecks` is a Hydra
+callback (registered in ``conf/config.yaml``) that runs these checks, the base config's
+checks and the sampler/pruner lookup from ``on_multirun_start``, i.e. before the sweeper
+launches anything, whichever sweeper is in use.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from optimlab.config import validate
+from optimlab.errors import ConfigError
+
+try:  # Hydra >= 1.1
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class SweepConfigError(ConfigError, CompactHydraException):
+    """A sweep that cannot run; Hydra prints it as one line (no traceback)."""
+
+
+_ABSENT = object()
+
+
+def _did_you_mean(word: str, candidates) -> str:
+    found = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f"; did you mean {found[0]!r}?" if found else ""
+
+
+def _parse(key: str, spec: Any):
+    """A search-space entry as Hydra's override grammar reads it (sweep object or value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not isinstance(spec, str):
+        if isinstance(spec, (list, ListConfig)):
+            spec = ",".join(str(v) for v in spec)
+        else:
+            return spec  # already parsed (a Sweep object) or a plain value
+    try:
+        return OverridesParser.create().parse_override(f"{key}={spec}").value()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SweepConfigError(f"search space {key}={spec!r} cannot be parsed: {first}") from None
+
+
+def _group_options(group: str) -> list[str] | None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return None
+    return list(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
+def _job_config(cfg: DictConfig) -> DictConfig:
+    """A writable copy of ``cfg`` without Hydra's node."""
+    job = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(job, False)
+    OmegaConf.set_struct(job, False)
+    job.pop("hydra", None)
+    return job
+
+
+def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
+    """Raise ConfigError if the search space ``params`` (key → sweep spec) cannot be swept over ``cfg``.
+
+    ``params`` values may be strings in Hydra's override grammar (``interval(1e-4, 0.1)``,
+    ``tag(log, interval(...))``, ``range(1, 10)``, ``choice(a, b)``, ``a,b``), parsed sweep
+    objects, lists or plain values. ``choices`` are the config groups (group → chosen option);
+    by default ``cfg.hydra.runtime.choices`` when ``cfg`` has Hydra's node.
+    """
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    if choices is None:
+        hydra_node = cfg.get("hydra") if "hydra" in cfg else None
+        choices = dict(hydra_node.runtime.choices) if hydra_node is not None else {}
+    job = _job_config(cfg)
+    for raw_key, spec in params.items():
+        key = str(raw_key)
+        adding = key.startswith("+")
+        key = key.lstrip("+~")
+        value = _parse(key, spec)
+        where = f"search space {key}={spec}"
+
+        if key in choices:  # a config group: its options must exist
+            options = _group_options(key)
+            values = value.list if isinstance(value, ChoiceSweep) else [value]
+            if options is not None:
+                for v in values:
+                    if str(v) not in options:
+                        raise SweepConfigError(
+                            f"{where}: {v!r} is not an option of {key}; choose from "
+                            f"{', '.join(options)}{_did_you_mean(str(v), options)}"
+                        )
+            continue
+
+        if not adding and OmegaConf.select(job, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(job, parent) if parent else job
+            known = list(node.keys()) if isinstance(node, DictConfig) else []
+            raise SweepConfigError(
+                f"{where}: the key {key!r} does not exist in the config{_did_you_mean(leaf, known)} "
+                f"(use +{key} to add a new key)"
+            )
+
+        candidates: list[Any]
+        if isinstance(value, IntervalSweep):
+            low, high = value.start, value.end
+            if low is None or high is None or not low < high:
+                raise SweepConfigError(f"{where}: interval needs low < high, got low={low}, high={high}")
+            if "log" in (value.tags or set()) and low <= 0:
+                raise SweepConfigError(f"{where}: a log-scale interval needs low > 0, got low={low}")
+            if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+                candidates = [low, high]
+            else:
+                candidates = [float(low), float(high)]
+        elif isinstance(value, RangeSweep):
+            start, stop, step = value.start, value.stop, value.step
+            if step is None or step <= 0 or not start < stop:
+                raise SweepConfigError(f"{where}: range needs start < stop and step > 0, got {start}, {stop}, {step}")
+            if "log" in (value.tags or set()) and start <= 0:
+                raise SweepConfigError(f"{where}: a log-scale range needs start > 0, got start={start}")
+            candidates = [start, stop - step if isinstance(stop, int) and isinstance(step, int) else start]
+        elif isinstance(value, ChoiceSweep):
+            if not value.list:
+                raise SweepConfigError(f"{where}: choice needs at least one option")
+            candidates = list(value.list)
+        else:
+            candidates = [value]
+
+        # Every endpoint / option must be a value a single run accepts.
+        for candidate in candidates:
+            trial = copy.deepcopy(job)
+            OmegaConf.update(trial, key, candidate, merge=False, force_add=True)
+            try:
+                validate(trial)
+            except ConfigError as e:
+                raise SweepConfigError(f"{where}: {e}") from None
+
+
+def _check_target(node: Any, what: str) -> None:
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    from hydra.utils import get_class
+
+    target = node._target_
+    try:
+        get_class(target)
+    except Exception:
+        raise SweepConfigError(
+            f"hydra.sweeper.{what}._target_={target!r} is not a known {what}: choose one with "
+            f"hydra/sweeper/{what}=<option> (see the options Hydra lists for that group)"
+        ) from None
+
+
+def sweep_overrides(config: DictConfig) -> dict[str, Any]:
+    """The sweeps given on the command line (``key=a,b``, ``key=interval(...)``), key → parsed value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found: dict[str, Any] = {}
+    parser = OverridesParser.create()
+    for line in config.hydra.overrides.task:
+        try:
+            (o,) = parser.parse_overrides([line])
+        except Exception:
+            continue
+        if o.is_sweep_override():
+            found[("+" if o.is_add() else "") + o.key_or_group] = line.split("=", 1)[1]
+    return found
+
+
+class SweepChecks(Callback):
+    """Hydra callback: check the whole sweep before the sweeper launches its first trial.
+
+    Hydra turns an exception raised by a callback into a warning and goes on, so a
+    failed check prints its one-line message and exits (code 2) itself.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.check(config)
+        except ConfigError as e:
+            sys.stderr.write(f"Error: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(e.exit_code) from None
+
+    def check(self, config: DictConfig) -> None:
+        job = _job_config(config)
+        choices = dict(config.hydra.runtime.choices)
+        sweeper = config.hydra.sweeper
+        params = dict(sweeper.get("params") or {}) if isinstance(sweeper, DictConfig) else {}
+        cli_sweeps = sweep_overrides(config)
+        swept = {k.lstrip("+") for k in [*params, *cli_sweeps]}
+        try:
+            validate_base(job, swept)
+        except ConfigError as e:
+            raise SweepConfigError(f"every trial would fail: {e}") from None
+        validate_search_space({**params, **cli_sweeps}, config, choices=choices)
+        if isinstance(sweeper, DictConfig):
+            for what in ("sampler", "pruner"):
+                _check_target(sweeper.get(what), what)
+
+
+def validate_base(job: DictConfig, swept: set[str]) -> None:
+    """The config every trial starts from; a problem in a swept key is left to the search-space check."""
+    try:
+        validate(job)
+    except ConfigError as e:
+        if not any(str(e).startswith(f"{k}=") for k in swept):
+            raise
