@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 import optimlab.config  # noqa: F401  (registers the resolvers the configs use)
 from optimlab.errors import OptimlabError
 from optimlab.runner import run
+from optimlab.sweeping.pruning import trial_callbacks
 
 log = logging.getLogger("optimlab")
 
@@ -24,7 +25,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
-        return run(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task))
+        return run(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task), callbacks=trial_callbacks(cfg))
     except OptimlabError as e:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the failure and goes on

@@ -41,6 +41,9 @@ class Diverged(OptimlabError):
             f"(last finite loss: {last_finite_loss}); try a smaller lr"
         )
 
+    def __reduce__(self):  # picklable, so launchers running jobs in other processes return it
+        return (type(self), (self.epoch, self.step, self.loss, self.last_finite_loss))
+
 
 class CheckpointError(OptimlabError):
     """A run folder to resume from whose checkpoint is missing, corrupt or does not match."""

@@ -1,0 +1,114 @@
+"""Config schema of ``hydra/sweeper=optimlab``: hydra-optuna-sweeper's keys plus pruning,
+async workers, failure limits and heartbeats. Registered in Hydra's ConfigStore."""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import MISSING
+
+
+@dataclass
+class PrunerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class NopPrunerConfig(PrunerConfig):
+    """No pruning (every trial runs all its epochs); epochs are still reported to the study."""
+
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConfig(PrunerConfig):
+    """Stop a trial whose epoch value is worse than the median of earlier trials at that epoch."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class ThresholdPrunerConfig(PrunerConfig):
+    """Stop a trial whose epoch value leaves [lower, upper]."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class OptimlabSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
+    # sampler and pruner are built by the sweeper (per worker seed), not by Hydra
+    _recursive_: bool = False
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+
+    pruner: Any = MISSING
+    # null: the run's objective.direction
+    direction: Any = None
+    # null: a file in the sweep dir (SQLite `optuna.db` for one worker, JournalFileBackend
+    # `optuna.journal` for several); or any Optuna URL: sqlite:///…, postgresql://…,
+    # journal:///path/to/file.journal
+    storage: Optional[str] = None
+    study_name: Optional[str] = "optimlab"
+    # finished (COMPLETE or PRUNED) trials the study must hold in total: resuming completes it
+    n_trials: int = 20
+    # trials per launcher call inside one worker (batched; 1 = fully asynchronous)
+    n_jobs: int = 1
+    # asynchronous worker processes started by this command, each ask → run → tell
+    n_workers: int = 1
+    # stop when this sweep's failed trials exceed max_failures, or their share of the
+    # trials this sweep finished exceeds max_failure_rate
+    max_failures: Optional[int] = 5
+    max_failure_rate: float = 1.0
+    # RDB storages: a worker's running trial sends a heartbeat every heartbeat_interval s;
+    # after grace_period s without one it is marked FAIL and retried (max_retry times)
+    heartbeat_interval: Optional[int] = 10
+    grace_period: Optional[int] = 30
+    max_retry: int = 1
+    # give each worker its own GPU (CUDA_VISIBLE_DEVICES by worker index) when several exist
+    assign_gpus: bool = True
+    # summary: plots every plot_every finished trials (0: at the end only); top_k rows logged
+    plots: bool = True
+    plot_every: int = 0
+    top_k: int = 5
+    # set on the worker processes that a sweep with n_workers > 1 starts
+    worker_index: int = 0
+    session: Optional[str] = None
+
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optimlab", node=OptimlabSweeperConf, provider="optimlab_sweeper")
+for name, node in {
+    "none": NopPrunerConfig,
+    "median": MedianPrunerConfig,
+    "successive_halving": SuccessiveHalvingPrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+    "threshold": ThresholdPrunerConfig,
+}.items():
+    cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="optimlab_sweeper")

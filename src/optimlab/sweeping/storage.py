@@ -1,0 +1,91 @@
+"""Optuna storages from one string, so that every worker, host and job opens the same study.
+
+- ``sqlite:///path.db`` (one worker), ``postgresql://…`` or any SQLAlchemy URL (many hosts):
+  an RDBStorage, with heartbeats and retry of trials whose worker died.
+- ``journal:///path/file.journal``: Optuna's JournalFileBackend (many workers, one machine).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+JOURNAL = "journal://"
+SQLITE = "sqlite:///"
+
+_cache: dict = {}
+
+
+def default_storage_url(sweep_dir: Path, n_workers: int) -> str:
+    """The storage a sweep uses when none is configured: a file in the sweep folder."""
+    db, journal = sweep_dir / "optuna.db", sweep_dir / "optuna.journal"
+    if journal.exists() or (n_workers > 1 and not db.exists()):
+        return f"{JOURNAL}{journal.resolve()}"
+    return f"{SQLITE}{db.resolve()}"
+
+
+def absolute_url(url: str) -> str:
+    """File URLs made absolute, so workers and jobs in other folders open the same file."""
+    for prefix in (SQLITE, JOURNAL):
+        if url.startswith(prefix):
+            path = url[len(prefix):]
+            if prefix == JOURNAL and path.startswith("/"):
+                return url
+            return prefix + str(Path(path).resolve())
+    return url
+
+
+def is_rdb(url: str) -> bool:
+    return not url.startswith(JOURNAL)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int = 0):
+    """An Optuna storage for ``url`` (cached per process)."""
+    key = (url, heartbeat_interval, grace_period, max_retry)
+    if key in _cache:
+        return _cache[key]
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith(JOURNAL):
+        path = Path(url[len(JOURNAL):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    else:
+        kwargs: dict = {}
+        if url.startswith(SQLITE):
+            Path(url[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        else:
+            kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+        if heartbeat_interval:
+            kwargs.update(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry) if max_retry else None,
+            )
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = RDBStorage(_with_driver(url), **kwargs)
+    _cache[key] = storage
+    return storage
+
+
+def _with_driver(url: str) -> str:
+    """postgresql:// with the installed driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs and summaries."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+    return url

@@ -1,0 +1,438 @@
+"""optimlab's sweeper: hydra-optuna-sweeper's search space and config keys, run as
+asynchronous workers over one persistent study.
+
+Each worker is one process looping *ask → launch one job → tell* against the shared
+storage, so a free worker never waits for a slow one. ``n_workers=N`` starts N such
+processes (the same command with a worker index); the same command on several hosts with
+one PostgreSQL storage joins the same study. ``n_trials`` counts finished (COMPLETE or
+PRUNED) trials in the study in total, so running the command again completes the study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus, configure_log
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from optimlab.errors import OptimlabError
+from optimlab.sweeping import pruning, summary
+from optimlab.sweeping.storage import _cache as storage_cache
+from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact
+
+log = logging.getLogger(__name__)
+
+# optuna's notes about APIs this module uses on purpose (ask/tell heartbeats, matplotlib plots,
+# the upstream plugin's pre-3.0 distribution classes)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", message=".*Distribution has been deprecated")
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# overrides a sweep with n_workers > 1 sets on the worker processes it starts
+WORKER_KEYS = (
+    "hydra.sweep.dir", "hydra.sweeper.storage", "hydra.sweeper.study_name", "hydra.sweeper.n_workers",
+    "hydra.sweeper.worker_index", "hydra.sweeper.session", "hydra.sweeper.sampler.seed",
+)  # fmt: skip
+
+
+class SweepError(OptimlabError):
+    """A sweep that cannot go on (too many failed trials, a worker that died)."""
+
+
+def trial_dir_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+def quote(value: Any) -> str:
+    """A Hydra override value that stays a string whatever characters it holds."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Heartbeat:
+    """Records a heartbeat for running trials every ``interval`` s (RDB storages)."""
+
+    def __init__(self, storage, trial_ids: list[int], interval: int | None):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # noqa: BLE001 - a missed beat must not kill the worker
+                    log.debug("heartbeat of trial %d failed: %s", trial_id, e)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class OptimlabSweeperImpl(OptunaSweeperImpl):
+    def __init__(
+        self,
+        sampler: DictConfig,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        search_space: DictConfig | None,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        pruner: DictConfig | None = None,
+        n_workers: int = 1,
+        max_failures: int | None = 5,
+        heartbeat_interval: int | None = 10,
+        grace_period: int | None = 30,
+        max_retry: int = 1,
+        assign_gpus: bool = True,
+        plots: bool = True,
+        plot_every: int = 0,
+        top_k: int = 5,
+        worker_index: int = 0,
+        session: str | None = None,
+    ) -> None:
+        super().__init__(sampler, direction, storage, study_name or "optimlab", n_trials, max(1, n_jobs),
+                         max_failure_rate, search_space, custom_search_space, params)  # fmt: skip
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.n_workers, self.max_failures = max(1, n_workers), max_failures
+        self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
+        self.assign_gpus, self.plots, self.plot_every, self.top_k = assign_gpus, plots, plot_every, top_k
+        self.worker_index, self.session = worker_index, session
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if self.direction is None:
+            objective = config.get("objective")
+            self.direction = str(objective.direction) if objective is not None else "minimize"
+
+    def _make_sampler(self, offset: int):
+        cfg = OmegaConf.to_container(self.sampler_cfg, resolve=True)
+        if cfg.get("seed") is not None:
+            # resumed or parallel workers must not replay the same random startup trials
+            cfg["seed"] = int(cfg["seed"]) + offset + 1000 * self.worker_index
+        return instantiate(cfg)
+
+    def _make_pruner(self):
+        return instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner()
+
+    def _open_study(self, url: str) -> optuna.Study:
+        heartbeat = self.heartbeat_interval if is_rdb(url) else None
+        for attempt in range(5):  # several workers may create the tables and the study at once
+            try:
+                storage = open_storage(url, heartbeat, self.grace_period, self.max_retry)
+                return optuna.create_study(
+                    study_name=self.study_name, storage=storage, directions=self._get_directions(),
+                    sampler=optuna.samplers.RandomSampler(), pruner=self._make_pruner(), load_if_exists=True,
+                )  # fmt: skip
+            except Exception:  # noqa: BLE001
+                storage_cache.clear()
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 + random.random())
+        raise AssertionError("unreachable")
+
+    @property
+    def _heartbeat(self) -> bool:
+        return bool(self.heartbeat_interval) and is_rdb(self.storage_url)
+
+    # ------------------------------------------------------------------ sweep
+
+    def sweep(self, arguments: list[str]) -> None:
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config()
+        params_conf.extend(arguments)
+        dists, fixed = create_params_from_overrides(params_conf)
+        space = dict(self.search_space_distributions or {})
+        space.update(dists)
+        for name in fixed:
+            space.pop(name, None)
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
+        self.base_overrides = self._base_overrides()
+
+        study = self._open_study(self.storage_url)
+        self.sampler = self._make_sampler(offset=len(study.get_trials(deepcopy=False)))
+        if self._is_grid():
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        study.sampler = self.sampler
+        log.info(
+            "Study %s in %s: %d/%d trials finished | sampler %s | pruner %s | direction %s | %s",
+            study.study_name, redact(self.storage_url), self._n_done(study), self.n_trials,
+            type(self.sampler).__name__, type(study.pruner).__name__, self._get_directions()[0],
+            f"{self.n_workers} workers" if self.n_workers > 1 else f"worker {self.worker_index}",
+        )  # fmt: skip
+
+        if self.n_workers > 1 and self.session is None:
+            return self._run_workers(study)
+        owner = self.session is None  # a lone worker writes the final summary itself
+        session = self.session or uuid.uuid4().hex[:8]
+        try:
+            self._worker_loop(study, space, fixed, session)
+        finally:
+            if owner:
+                self._finalize(study)
+        if owner:
+            self._check_failures(study.get_trials(deepcopy=False), session)
+
+    def _is_grid(self) -> bool:
+        return getattr(self.sampler, "func", None) is optuna.samplers.GridSampler
+
+    def _base_overrides(self) -> list[str]:
+        parser = OverridesParser.create()
+        task = list(self.config.hydra.overrides.task)
+        return [o for o, p in zip(task, parser.parse_overrides(task)) if not p.is_sweep_override()]
+
+    @staticmethod
+    def _n_done(study) -> int:
+        return sum(t.state in DONE for t in study.get_trials(deepcopy=False))
+
+    # ------------------------------------------------------------------ one worker
+
+    def _worker_loop(self, study, space, fixed, session: str) -> None:
+        poll = max(0.5, min(2.0, (self.heartbeat_interval or 2) / 2))
+        while True:
+            if self._heartbeat:
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            self._check_failures(trials, session)
+            done = sum(t.state in DONE for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if done < self.n_trials and isinstance(self.sampler, optuna.samplers.GridSampler) and self.sampler.is_exhausted(study):
+                log.info("The grid is exhausted (%d finished trials)", done)
+                return
+            if done >= self.n_trials:
+                log.info("Study %s has %d finished trials (n_trials=%d)", study.study_name, done, self.n_trials)
+                return
+            free = self.n_trials - done - running
+            if free <= 0:
+                if self._heartbeat:  # a running trial may still fail (or its worker die): wait
+                    time.sleep(poll)
+                    continue
+                log.info("%d trial(s) still running elsewhere; this worker stops", running)
+                return
+            batch = []
+            for _ in range(min(self.n_jobs, free)):
+                trial = study.ask()
+                if not self._claim(study, trial):
+                    break
+                batch.append(trial)
+            if not batch:
+                time.sleep(random.uniform(0.05, 0.5))  # lost a race for the last slot
+                continue
+            self._run_batch(study, batch, space, fixed, session)
+
+    def _claim(self, study, trial) -> bool:
+        """Keep ``trial`` only if the study is not already full; else hand it back as WAITING.
+
+        Every worker checks *after* its trial is RUNNING, so of two racing for the last slot
+        at least one sees the other: the study never overshoots ``n_trials``.
+        """
+        taken = sum(t.state in (*DONE, TrialState.RUNNING) for t in study.get_trials(deepcopy=False))
+        if taken <= self.n_trials:
+            return True
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        return False
+
+    def _job_overrides(self, trial) -> list[str]:
+        env = {
+            pruning.ENV_TRIAL_ID: trial._trial_id,
+            pruning.ENV_TRIAL_NUMBER: trial.number,
+            pruning.ENV_STORAGE: self.storage_url,
+            pruning.ENV_STUDY: self.study_name,
+        }
+        return [
+            f"hydra.sweep.dir={quote(self.sweep_dir)}",
+            f"hydra.sweep.subdir={trial_dir_name(trial.number)}",
+            *(f"++hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()),
+        ]
+
+    def _run_batch(self, study, batch, space, fixed, session: str) -> None:
+        host = socket.gethostname()
+        overrides = self._configure_trials(batch, space, fixed)
+        for trial in batch:
+            trial.set_user_attr("session", session)
+            trial.set_user_attr("host", host)
+            trial.set_user_attr("worker", self.worker_index)
+            trial.set_user_attr("run_dir", str(self.sweep_dir / trial_dir_name(trial.number)))
+        jobs = [[*o, *self._job_overrides(t)] for o, t in zip(overrides, batch)]
+        with Heartbeat(study._storage, [t._trial_id for t in batch], self.heartbeat_interval if self._heartbeat else None):
+            try:
+                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+            except BaseException as e:
+                reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+                for trial in batch:
+                    self._fail(study, trial, reason)
+                summary.write_tables(study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
+                raise
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
+        for trial, ret in zip(batch, returns):
+            self._tell(study, trial, ret)
+        summary.write_tables(study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
+        if self.plots and self.plot_every and self._n_done(study) % self.plot_every == 0:
+            summary.write_plots(study, self.sweep_dir)
+
+    def _tell(self, study, trial, ret) -> None:
+        run = self._read_summary(trial.number)
+        if run:
+            trial.set_user_attr("status", run.get("status"))
+            trial.set_user_attr("epochs", run.get("epochs_completed"))
+            trial.set_user_attr("best_epoch", (run.get("objective") or {}).get("best_epoch"))
+        if ret.status == JobStatus.COMPLETED:
+            try:
+                value = float(ret.return_value)
+            except (TypeError, ValueError):
+                return self._fail(study, trial, f"the run returned {ret.return_value!r}, not a number")
+            if not math.isfinite(value):
+                return self._fail(study, trial, f"objective is {value}")
+            self._tell_safely(study, trial, TrialState.COMPLETE, [value])
+            log.info("trial %d COMPLETE: %.6g  %s", trial.number, value, dict(trial.params))
+            return
+        error = ret._return_value
+        if type(error).__name__ == "TrialPruned":
+            self._tell_safely(study, trial, TrialState.PRUNED, None)
+            log.info("trial %d PRUNED: %s", trial.number, error)
+            return
+        self._fail(study, trial, f"{type(error).__name__}: {error}")
+
+    def _fail(self, study, trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason[:1000])
+        self._tell_safely(study, trial, TrialState.FAIL, None)
+        log.warning("trial %d FAIL: %s", trial.number, reason)
+
+    @staticmethod
+    def _tell_safely(study, trial, state, values) -> None:
+        try:
+            study.tell(trial, state=state, values=values)
+        except RuntimeError as e:  # GridSampler stops the study when the grid is exhausted
+            if "Study.stop" not in str(e):
+                raise
+
+    def _read_summary(self, number: int) -> dict | None:
+        path = self.sweep_dir / trial_dir_name(number) / "summary.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _check_failures(self, trials, session: str) -> None:
+        mine = [t for t in trials if t.user_attrs.get("session") == session and t.state.is_finished()]
+        failed = [t for t in mine if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
+        if not failed:
+            return
+        too_many = self.max_failures is not None and len(failed) > self.max_failures
+        if too_many or len(failed) / len(mine) > self.max_failure_rate:
+            last = max(failed, key=lambda t: t.number)
+            raise SweepError(
+                f"stopping the sweep: {len(failed)} of the {len(mine)} trials it finished failed "
+                f"(hydra.sweeper.max_failures={self.max_failures}, max_failure_rate={self.max_failure_rate}); "
+                f"last: trial {last.number}: {last.user_attrs['fail_reason']}. The study keeps its finished "
+                f"trials; raise the limit and run the same command to go on."
+            )
+
+    # ------------------------------------------------------------------ many workers
+
+    def _gpus(self) -> list[str]:
+        if not self.assign_gpus:
+            return []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            return [d for d in visible.split(",") if d.strip()]
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+    def _worker_command(self, index: int, session: str) -> list[str]:
+        keep = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in WORKER_KEYS]
+        extra = [
+            f"hydra.sweep.dir={quote(self.sweep_dir)}",
+            f"hydra.sweeper.storage={quote(self.storage_url)}",
+            f"hydra.sweeper.study_name={quote(self.study_name)}",
+            "hydra.sweeper.n_workers=1",
+            f"hydra.sweeper.worker_index={index}",
+            f"hydra.sweeper.session={session}",
+        ]
+        return [sys.executable, sys.argv[0], *keep, *extra]
+
+    def _run_workers(self, study) -> None:
+        session = uuid.uuid4().hex[:8]
+        gpus = self._gpus()
+        procs = []
+        for i in range(self.n_workers):
+            env = dict(os.environ)
+            if len(gpus) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            procs.append(subprocess.Popen(self._worker_command(i, session), env=env))
+            log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
+                     f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs:
+                p.wait()
+            raise
+        finally:
+            self._finalize(study)
+        self._check_failures(study.get_trials(deepcopy=False), session)
+        bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+        if bad:
+            raise SweepError(
+                "worker(s) " + ", ".join(f"{i} exited with code {c}" for i, c in bad)
+                + "; their errors are above. Run the same command to resume the study."
+            )
+
+    # ------------------------------------------------------------------ summary
+
+    def _finalize(self, study) -> None:
+        try:
+            results = summary.write_tables(study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
+            if self.plots:
+                summary.write_plots(study, self.sweep_dir)
+        except Exception as e:  # noqa: BLE001 - the study is safe in its storage whatever happens here
+            log.warning("could not write the sweep summary: %s", e)
+            return
+        log.info("Trials: %s | summary in %s", results.get("trials"), self.sweep_dir)
+        log.info("Top trials:\n%s", summary.top_table(study, self.top_k))
+        if "best_value" in results:
+            log.info("Best value %.6g (trial %d): %s", results["best_value"], results["best_trial"], results["best_params"])
+            log.info("Re-run the best trial: %s", results["best_command"])
