@@ -26,6 +26,7 @@ TINY = [
     "epochs=1",
     "tensorboard=false",
     "quiet=true",
+    "plots=false",
 ]
 
 

@@ -22,7 +22,10 @@ from optimlab import data as datasets
 from optimlab import resume as resuming
 from optimlab.config import validate
 from optimlab.errors import ConfigError, DeviceError, OptimlabError
+from optimlab.plots import CurvesPlotter, curves_title
+from optimlab.progress import ConsoleProgress
 from optimlab.rundir import RunFolder, command_line, device_info, environment, now_iso
+from optimlab.tboard import TensorBoardLogger
 from optimlab.training import EpochResult, LoopConfig, TrainState, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -111,17 +114,12 @@ def best_epoch(history: list[EpochResult], metric: str, direction: str) -> Epoch
 
 
 class RunFolderWriter:
-    """Writes metrics.csv and a resumable checkpoint.pt after epochs, and logs each epoch."""
+    """Writes metrics.csv and a resumable checkpoint.pt after epochs."""
 
     def __init__(self, folder: RunFolder, cfg: DictConfig, every: int):
         self.folder, self.cfg, self.every = folder, cfg, every
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
-        log.info(
-            "epoch %d/%d  lr %.4g  train_loss %.4f  val_loss %.4f  val_acc %.4f  %.1fs  %.0f img/s",
-            result.epoch, self.cfg.epochs, result.lr, result.train_loss, result.val_loss,
-            result.val_acc, result.seconds, result.images_per_s,
-        )  # fmt: skip
         self.folder.write_metrics([r.as_row() for r in state.history])
         last = state.epoch == self.cfg.epochs
         if last or (self.every > 0 and state.epoch % self.every == 0):
@@ -226,14 +224,15 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
     writer = RunFolderWriter(folder, cfg, every=cfg.checkpoint.every)
     if resumed is not None:
         resumed.begin(folder, writer, state)
+    watchers = observers(cfg, folder, overrides or [], state, n_train=len(splits.train))
     t_train = time.perf_counter()
     try:
-        fit(state, data, loop, callbacks=[writer, *callbacks])
+        fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
     except BaseException as e:
         status = e.status if isinstance(e, OptimlabError) else _status_of(e)
-        folder.write_summary(
-            _finish(summary, cfg, state, status, setup_s, time.perf_counter() - t_train, t_start, error=e)
-        )
+        final = _finish(summary, cfg, state, status, setup_s, time.perf_counter() - t_train, t_start, error=e)
+        folder.write_summary(final)
+        _end_observers(watchers, final)
         raise
     train_s = time.perf_counter() - t_train
 
@@ -242,7 +241,26 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
     summary["test"] = {"loss": test_loss, "acc": test_acc}
     final = _finish(summary, cfg, state, "completed", setup_s, train_s, t_start)
     folder.write_summary(final)
+    _end_observers(watchers, final)
     return final["objective"]["value"]
+
+
+def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int) -> list:
+    """Callbacks that only watch: console progress, curves.png, TensorBoard events."""
+    found: list = [ConsoleProgress(cfg.epochs, cfg.batch_size, n_train, quiet=cfg.get("quiet", False))]
+    if cfg.get("plots", True):
+        found.append(CurvesPlotter(folder.path, title=curves_title(cfg)))
+    if cfg.get("tensorboard", False):
+        found.append(TensorBoardLogger(folder.path, cfg, overrides, start_epoch=state.epoch))
+    return found
+
+
+def _end_observers(watchers: list, summary: dict[str, Any]) -> None:
+    for watcher in watchers:
+        try:
+            watcher.on_run_end(summary)
+        except Exception:  # a plot or an event file must not fail a finished run
+            log.warning("%s could not finish", type(watcher).__name__, exc_info=True)
 
 
 def _status_of(e: BaseException) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,11 @@ class TrainState:
 
 class Callback(Protocol):
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None: ...
+
+    # optional: on_batch_end(state, step, n_steps, losses), see train_one_epoch
+
+
+BatchHook = Callable[[TrainState, int, int, torch.Tensor], None]
 
 
 @dataclass
@@ -102,8 +107,15 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int) -> None:
     raise Diverged(epoch=epoch, step=bad, loss=float(window[bad]), last_finite_loss=last)
 
 
-def train_one_epoch(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module) -> float:
-    """One pass over the training split; returns the mean training loss."""
+def train_one_epoch(
+    state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module, on_batch_end: BatchHook | None = None
+) -> float:
+    """One pass over the training split; returns the mean training loss.
+
+    ``on_batch_end(state, step, n_steps, losses)`` (a progress bar) runs after each step
+    with the detached losses of steps 1..step; reading them syncs the device, so it
+    should do so only now and then.
+    """
     model, optimizer, scheduler, scaler = state.model, state.optimizer, state.scheduler, state.scaler
     epoch = state.epoch
     model.train()
@@ -123,6 +135,8 @@ def train_one_epoch(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_f
             scheduler.step()
         step_losses[step] = loss.detach()
         step_sizes[step] = len(y)
+        if on_batch_end is not None:
+            on_batch_end(state, step + 1, n_steps, step_losses[: step + 1])
         if (step + 1) % cfg.check_every == 0:
             _check_finite(step_losses, step + 1, epoch)
             checked = step + 1
@@ -134,11 +148,17 @@ def train_one_epoch(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_f
 def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Train from ``state.epoch`` up to ``cfg.epochs``; callbacks see every finished epoch."""
     loss_fn = nn.CrossEntropyLoss()
+    batch_hooks = [cb.on_batch_end for cb in callbacks if hasattr(cb, "on_batch_end")]
+
+    def on_batch_end(*args) -> None:
+        for hook in batch_hooks:
+            hook(*args)
+
     n_train = len(data.train)
     while state.epoch < cfg.epochs:
         lr = state.optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(state, data, cfg, loss_fn)
+        train_loss = train_one_epoch(state, data, cfg, loss_fn, on_batch_end if batch_hooks else None)
         if data.device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0

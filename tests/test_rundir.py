@@ -1,0 +1,83 @@
+"""Run folders: a real `python train.py` writes a self-describing folder; runs never share one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, TINY, TRAIN_PY, run_dirs, train_cli
+from optimlab.rundir import METRICS_COLUMNS
+
+
+def test_train_py_writes_a_complete_run_folder(tmp_path):
+    proc = train_cli(*TINY, "epochs=2", "optimizer=momentum", "scheduler=step", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_dirs(tmp_path)
+    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log",
+                 "metrics.csv", "summary.json", "checkpoint.pt"]:  # fmt: skip
+        assert (folder / name).is_file(), name
+
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert list(rows[0].keys()) == METRICS_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "completed"
+    assert s["epochs_completed"] == 2
+    assert s["objective"]["metric"] == "val_acc" and s["objective"]["direction"] == "maximize"
+    assert s["objective"]["value"] == max(float(r["val_acc"]) for r in rows)
+    assert s["best"]["epoch"] == s["objective"]["best_epoch"]
+    assert s["final"]["epoch"] == 2
+    assert 0 <= s["test"]["acc"] <= 1
+    assert s["durations"]["total_s"] >= s["durations"]["train_s"] > 0
+    assert s["device"]["type"] == "cpu" and s["device"]["name"]
+    assert s["versions"]["torch"] == torch.__version__ and s["versions"]["python"]
+    assert len(s["git"]["commit"]) == 40 and isinstance(s["git"]["dirty"], bool)
+    assert s["seed"] == 0
+    assert s["command"].startswith("python ") and "optimizer=momentum" in s["command"]
+    assert "scheduler=step" in s["overrides"]
+
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= ckpt.keys()
+    log = (folder / "train.log").read_text()
+    assert "epoch 2/2" in log and "test_acc" in log
+
+
+def test_two_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
+    # Pin the time part of the folder name so only optimlab's unique id can keep them apart.
+    args = [*TINY, "hydra.run.dir=outputs/same/${now:%Y-%m-%d}_${optimlab.uid:}"]
+    procs = [
+        subprocess.Popen([sys.executable, str(TRAIN_PY), *args], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    folders = run_dirs(tmp_path, "outputs/same/*")
+    assert len(folders) == 2
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["run_dir"] == str(folder.resolve())
+
+
+def test_multirun_writes_one_folder_per_job(tmp_path):
+    proc = train_cli("-m", *TINY, "optimizer=sgd,adam", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = [p for p in run_dirs(tmp_path, "multirun/*/*/*") if (p / "summary.json").exists()]
+    assert len(folders) == 2
+    optimizers = {json.loads((f / "summary.json").read_text())["overrides"][-1] for f in folders}
+    assert optimizers == {"optimizer=sgd", "optimizer=adam"}
+
+
+def test_readme_shows_the_run_and_test_commands_first():
+    text = (ROOT / "README.md").read_text()
+    first_block = text.split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert lines[0].startswith("uv run python train.py")
+    assert lines[1] == "uv run pytest"
