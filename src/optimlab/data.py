@@ -4,6 +4,11 @@ Each dataset is loaded once into ``(N, C, H, W)`` uint8 tensors (train / val / t
 :class:`DeviceData` moves them to the device, then every batch is an index slice of a
 seeded permutation, normalised and augmented on the device as a whole batch: no
 per-sample Python in the hot path.
+
+A dataset too large for the device's memory is *streamed* instead (``data_placement``):
+it stays in host memory, each batch is gathered there, staged in pinned memory and
+copied to the device asynchronously; normalisation and augmentation still run on the
+device, from the same generator, so both placements give the same batches.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimlab.errors import DataError
+from optimlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +143,9 @@ def load_digits(cfg) -> Splits:
 # --------------------------------------------------------------------------- synthetic
 
 
+SYNTHETIC_CHUNK = 4096
+
+
 def make_synthetic(cfg) -> Splits:
     """Class prototypes (smooth random images) plus Gaussian noise, all from ``split_seed``."""
     g = torch.Generator().manual_seed(cfg.split_seed)
@@ -148,8 +156,12 @@ def make_synthetic(cfg) -> Splits:
 
     def sample(n: int) -> Split:
         y = torch.randint(0, k, (n,), generator=g)
-        x = protos[y] + cfg.noise * torch.randn(n, c, s, s, generator=g)
-        return Split((128 + 40 * x).round().clamp(0, 255).to(torch.uint8), y)
+        x = torch.empty(n, c, s, s, dtype=torch.uint8)
+        for i in range(0, n, SYNTHETIC_CHUNK):  # float temporaries stay small (peak RSS)
+            j = min(i + SYNTHETIC_CHUNK, n)
+            xf = protos[y[i:j]] + cfg.noise * torch.randn(j - i, c, s, s, generator=g)
+            x[i:j] = (128 + 40 * xf).round().clamp(0, 255).to(torch.uint8)
+        return Split(x, y)
 
     return Splits(sample(cfg.train_size), sample(cfg.val_size), sample(cfg.test_size))
 
@@ -181,20 +193,62 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-class DeviceData:
-    """The three splits on one device, served as normalised (and augmented) batches."""
+PLACEMENTS = ("auto", "device", "host")
+DEVICE_MEMORY_SHARE = 0.5  # `auto` keeps data on a GPU only if it takes at most this share of free memory
 
-    def __init__(self, splits: Splits, cfg, device: torch.device, channels_last: bool = False):
+
+def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images in [0, 1], in chunks (no float copy of the set)."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        part = x[i : i + chunk].to("cpu", torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        total += part.sum(1)
+        squares += part.square().sum(1)
+    n = x.numel() // c
+    mean = total / n
+    std = ((squares - n * mean.square()) / max(n - 1, 1)).clamp_min(0).sqrt()
+    return mean.float(), std.float()
+
+
+def fits_on_device(splits: Splits, device: torch.device) -> bool:
+    """Whether the uint8 splits fit comfortably in the device's free memory."""
+    if device.type != "cuda":
+        return True  # cpu: the data is in host memory anyway; mps: unified memory
+    need = sum(s.x.nbytes + s.y.nbytes for s in (splits.train, splits.val, splits.test))
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= DEVICE_MEMORY_SHARE * free
+
+
+class DeviceData:
+    """The three splits on one device, served as normalised (and augmented) batches.
+
+    ``placement``: ``device`` keeps the uint8 splits on the device; ``host`` streams each
+    batch from (pinned) host memory; ``auto`` picks ``device`` when the data fits
+    (:func:`fits_on_device`). The batches are the same either way.
+    """
+
+    def __init__(
+        self, splits: Splits, cfg, device: torch.device, channels_last: bool = False, placement: str = "device"
+    ):
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"data_placement={placement!r} is not valid: choose one of {', '.join(PLACEMENTS)}")
         self.device = device
+        self.streaming = placement == "host" or (placement == "auto" and not fits_on_device(splits, device))
+        if self.streaming:
+            log.info("data_placement: streaming batches from host memory to %s", device)
+        store = torch.device("cpu") if self.streaming else device
         self.train, self.val, self.test = (
-            Split(s.x.to(device), s.y.to(device)) for s in (splits.train, splits.val, splits.test)
+            Split(s.x.to(store), s.y.to(store)) for s in (splits.train, splits.val, splits.test)
         )
         c = self.train.x.shape[1]
         if cfg.normalize:
             mean, std = cfg.get("mean"), cfg.get("std")
-            stats = splits.train.x.float().div(255).transpose(0, 1).reshape(c, -1)
-            mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else stats.mean(1)
-            std = torch.tensor(std, dtype=torch.float32) if std is not None else stats.std(1)
+            if mean is None or std is None:
+                stats_mean, stats_std = channel_stats(splits.train.x)
+            mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else stats_mean
+            std = torch.tensor(std, dtype=torch.float32) if std is not None else stats_std
         else:
             mean, std = torch.zeros(c), torch.ones(c)
         # x_norm = (x/255 - mean) / std, folded into one multiply-add
@@ -208,6 +262,15 @@ class DeviceData:
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
+    def _fetch(self, data: Split, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels of ``idx``, on the device."""
+        x, y = data.x[idx], data.y[idx]
+        if self.streaming:
+            if self.device.type == "cuda":  # pinned staging: the copy overlaps compute
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x, y
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-len(self.train) // batch_size)
 
@@ -215,18 +278,18 @@ class DeviceData:
         g = epoch_generator(seed, epoch)
         n = len(self.train)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        order = order.to(self.train.x.device)
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x = self._normalize(self.train.x[idx])
+            x, y = self._fetch(self.train, order[start : start + batch_size])
+            x = self._normalize(x)
             if self.crop_padding:
                 x = random_crop(x, self.crop_padding, g)
             if self.flip:
                 x = random_flip(x, g)
-            yield x.contiguous(memory_format=self.memory_format), self.train.y[idx]
+            yield x.contiguous(memory_format=self.memory_format), y
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         data: Split = getattr(self, split)
         for start in range(0, len(data), batch_size):
-            x = self._normalize(data.x[start : start + batch_size])
-            yield x.contiguous(memory_format=self.memory_format), data.y[start : start + batch_size]
+            x, y = self._fetch(data, slice(start, start + batch_size))
+            yield self._normalize(x).contiguous(memory_format=self.memory_format), y

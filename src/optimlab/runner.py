@@ -184,7 +184,9 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
                 f"batch_size={cfg.batch_size} is not valid: must be <= the training split's size "
                 f"({len(splits.train)} images for data={cfg.data.name})"
             )
-        data = datasets.DeviceData(splits, cfg.data, device, channels_last=cfg.channels_last)
+        data = datasets.DeviceData(
+            splits, cfg.data, device, channels_last=cfg.channels_last, placement=cfg.get("data_placement", "auto")
+        )
         resuming.arm_kill_switch(data)  # OPTIMLAB_KILL_AT, for resume tests
 
         torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
@@ -202,7 +204,10 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
             precision=precision,
             eval_batch_size=cfg.eval_batch_size,
             check_every=1 if device.type == "cpu" else 50,
+            compile=bool(cfg.get("compile", False)),
         )
+        if loop.compile:
+            model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
         if resumed is not None:
             resumed.restore(state)
             summary["resumed_from"] = resumed.info()

@@ -13,6 +13,7 @@ stops training by raising.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from torch import nn
 
 from optimlab.data import DeviceData
 from optimlab.errors import Diverged
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class LoopConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     eval_batch_size: int = 1024
     check_every: int = 1  # steps between NaN/inf checks (each check syncs the device)
+    compile: bool = False  # the model is torch.compile'd: fit warms it up before the clocks start
 
 
 def autocast(device: torch.device, precision: str):
@@ -95,6 +99,46 @@ def evaluate(model: nn.Module, data: DeviceData, split: str, cfg: LoopConfig) ->
         correct += (logits.argmax(1) == y).sum()
     n = len(getattr(data, split))
     return loss_sum.item() / n, correct.item() / n
+
+
+def _sizes(n: int, batch_size: int) -> list[int]:
+    """The batch sizes one pass over ``n`` samples uses: full batches and the remainder."""
+    return sorted({min(batch_size, n), n % batch_size} - {0}, reverse=True)
+
+
+def warm_up(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module) -> float:
+    """Run every batch shape of training and evaluation once, so a compiled model compiles now
+    and not inside a timed epoch; returns the seconds it took.
+
+    Leaves no trace: weights and buffers (BatchNorm statistics) are put back, gradients
+    cleared, no optimizer step is taken and the RNG states are restored, so a compiled run
+    trains exactly like an uncompiled one.
+    """
+    t0 = time.perf_counter()
+    model, device = state.model, data.device
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    sizes = _sizes(len(data.train), cfg.batch_size)
+    x, y = next(data.eval_batches("train", sizes[0]))
+    model.train()
+    for b in sizes:
+        with autocast(device, cfg.precision):
+            loss = loss_fn(model(x[:b]), y[:b])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    with torch.inference_mode():
+        model.eval()
+        for split in ("val", "test"):
+            for b in _sizes(len(getattr(data, split)), cfg.eval_batch_size):
+                with autocast(device, cfg.precision):
+                    model(next(data.eval_batches(split, b))[0])
+    model.load_state_dict(saved)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def _check_finite(losses: torch.Tensor, upto: int, epoch: int) -> None:
@@ -155,6 +199,8 @@ def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequenc
             hook(*args)
 
     n_train = len(data.train)
+    if cfg.compile and state.epoch < cfg.epochs:
+        log.info("torch.compile warm-up: %.1fs (not counted in epoch timings)", warm_up(state, data, cfg, loss_fn))
     while state.epoch < cfg.epochs:
         lr = state.optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
         t0 = time.perf_counter()
