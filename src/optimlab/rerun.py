@@ -59,25 +59,39 @@ def hydra_settings(folder: Path) -> tuple[dict[str, Any], list[str]]:
     path = folder / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return {}, []
-    saved = OmegaConf.load(path).hydra
-    node: dict[str, Any] = {"run": {"dir": saved.run.dir}, "job": {}}
+    saved = OmegaConf.to_container(OmegaConf.load(path).hydra, resolve=False)  # patterns stay patterns
+    job = saved.get("job") or {}
+    node: dict[str, Any] = {"run": {"dir": (saved.get("run") or {}).get("dir")}, "job": {}}
     for key in HYDRA_JOB_KEYS:
-        if key in saved.job:
-            node["job"][key] = OmegaConf.to_container(saved.job, resolve=False)[key]
+        if key in job:
+            node["job"][key] = job[key]
+    # A sweep hands each trial its identity through env_set (OPTIMLAB_TRIAL_ID, ...): a
+    # re-run is no trial and must not report into the study.
+    env_set = node["job"].get("env_set") or {}
+    node["job"]["env_set"] = {k: v for k, v in env_set.items() if not str(k).startswith("OPTIMLAB_")}
     for key in HYDRA_KEYS:
         if key in saved:
-            node[key] = OmegaConf.to_container(saved, resolve=False)[key]
+            node[key] = saved[key]
     if saved.get("mode") == "RUN" and saved.get("callbacks"):
-        node["callbacks"] = OmegaConf.to_container(saved.callbacks, resolve=False)
-    choices = saved.runtime.get("choices", {})
+        node["callbacks"] = saved["callbacks"]
+    choices = (saved.get("runtime") or {}).get("choices") or {}
     groups = [f"{g}={choices[g]}" for g in HYDRA_GROUPS if choices.get(g)]
     return node, groups
 
 
-def new_run_dir(job: DictConfig, hydra_node: dict[str, Any], original: Path) -> Path:
-    """Where the re-run goes: the original's run-dir pattern evaluated now (so
-    ``outputs/<date>/<time>_<id>/`` by default), never the original folder itself."""
-    pattern = hydra_node.get("run", {}).get("dir") or "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${optimlab.uid:}"
+DEFAULT_RUN_DIR = "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${optimlab.uid:}"
+
+
+def new_run_dir(job: DictConfig, hydra_node: dict[str, Any], overrides: list[str]) -> Path:
+    """Where the re-run goes: ``hydra.run.dir=...`` if given, else the original's run-dir
+    pattern evaluated now (``outputs/<date>/<time>_<id>/`` by default; a fixed folder the
+    original was sent to with ``hydra.run.dir=`` is not reused). Never an existing folder."""
+    for override in overrides:
+        if override.startswith("hydra.run.dir="):
+            return Path(override.split("=", 1)[1].strip("'\"")).absolute()
+    pattern = hydra_node.get("run", {}).get("dir") or DEFAULT_RUN_DIR
+    if "${" not in pattern:
+        pattern = DEFAULT_RUN_DIR
     try:
         import hydra.core.utils  # noqa: F401  (registers Hydra's `now` resolver)
 
@@ -132,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read the config of {original}: {e}", file=sys.stderr)
         return 2
     hydra_node, groups = hydra_settings(original)
-    target = new_run_dir(job, hydra_node, original)
+    target = new_run_dir(job, hydra_node, args.overrides)
+    if target.exists() and any(target.iterdir()):
+        print(f"error: {target} already exists; choose another hydra.run.dir", file=sys.stderr)
+        return 2
     hydra_node.setdefault("run", {})["dir"] = str(target)
     for warning in provenance_warnings(summary):
         log.warning("rerun: %s", warning)

@@ -233,7 +233,7 @@ def _check_belongs(source: Path, saved_resolved: dict[str, Any]) -> None:
     if diffs:
         raise CheckpointError(
             f"{source / 'checkpoint.pt'} does not belong to this run folder: its config differs from "
-            f"{hydra_cfg} in {_describe(diffs)}"
+            f"{hydra_cfg} in " + "; ".join(f"{k}: folder {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
         )
 
 
