@@ -6,10 +6,12 @@ is the ``callbacks`` argument of :func:`run`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -87,6 +89,14 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in SCHEDULER_KEYS}
     if "steps_per_epoch" in kwargs and kwargs["steps_per_epoch"] is None:
         kwargs["steps_per_epoch"] = steps_per_epoch  # per-batch schedules size themselves to the data
+    if kwargs.get("_target_", "").endswith("OneCycleLR"):
+        total = kwargs["epochs"] * kwargs["steps_per_epoch"]
+        if kwargs.get("pct_start", 0.3) * total < 2:  # torch divides by zero on shorter warm-ups
+            raise ConfigError(
+                f"scheduler=onecycle needs a warm-up of at least 2 steps, but pct_start="
+                f"{kwargs.get('pct_start', 0.3)} of {total} steps (epochs x steps_per_epoch) is less: "
+                f"train longer, use a smaller batch_size or a larger scheduler.pct_start"
+            )
     scheduler = instantiate(kwargs)(optimizer)
     return scheduler, cfg.interval, cfg.get("monitor", "val_loss")
 
@@ -141,6 +151,50 @@ class RunFolderWriter:
                 "config_yaml": OmegaConf.to_yaml(self.cfg),  # with interpolations, for resume
             }
         )
+
+
+class InterruptGuard:
+    """Ctrl-C during training: save the state of the last finished epoch, untorn.
+
+    A checkpoint is only worth saving at an epoch boundary (resume continues from there,
+    bit-exact); mid-epoch the weights have moved on, so the last saved checkpoint stays.
+    ``on_epoch_end`` marks the boundary with the in-place version counters of every
+    parameter and buffer: if they have not moved since, no training step ran after it.
+    """
+
+    def __init__(self, writer: RunFolderWriter, state: TrainState):
+        self.writer = writer
+        self.mark = (state.epoch, self._versions(state))
+
+    @staticmethod
+    def _versions(state: TrainState) -> int:
+        tensors = [*state.model.parameters(), *state.model.buffers()]
+        return sum(t._version for t in tensors)
+
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        self.mark = (state.epoch, self._versions(state))
+
+    def save(self, state: TrainState) -> int | None:
+        """Save if ``state`` is still the last epoch boundary; the epoch saved, or None."""
+        if self.mark != (state.epoch, self._versions(state)):
+            return None
+        self.writer.folder.write_metrics([r.as_row() for r in state.history])
+        self.writer.save(state)
+        return state.epoch
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """A second Ctrl-C must not cut the final writes short (they are atomic anyway)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------- one run
@@ -230,9 +284,20 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
     if resumed is not None:
         resumed.begin(folder, writer, state)
     watchers = observers(cfg, folder, overrides or [], state, n_train=len(splits.train))
+    guard = InterruptGuard(writer, state)
     t_train = time.perf_counter()
     try:
-        fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
+        fit(state, data, loop, callbacks=[guard, writer, *watchers, *callbacks])
+    except KeyboardInterrupt as e:
+        with sigint_ignored():
+            saved = guard.save(state)
+            final = _finish(summary, cfg, state, "interrupted", setup_s, time.perf_counter() - t_train, t_start, error=e)
+            final["error"] = f"interrupted (Ctrl-C) after {state.epoch} finished epochs"
+            folder.write_summary(final)
+            _end_observers(watchers, final)
+        if saved is not None:
+            log.info("saved the state after epoch %d to %s", saved, folder.path)
+        raise
     except BaseException as e:
         status = e.status if isinstance(e, OptimlabError) else _status_of(e)
         final = _finish(summary, cfg, state, status, setup_s, time.perf_counter() - t_train, t_start, error=e)
