@@ -118,6 +118,7 @@ def test_console_script_writes_elsewhere(grid, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. a legend squeezing the axes away
 def test_partial_folder_does_not_crash(grid, tmp_path):
     """A sweep caught mid-write: missing, running, torn and empty run folders."""
     sweep = tmp_path / "sweep"
@@ -141,7 +142,8 @@ def test_partial_folder_does_not_crash(grid, tmp_path):
     (sweep / "2" / "metrics.csv").write_text(text[: len(text) - 9])
     # job 4: a folder Hydra just made
     (sweep / "4" / ".hydra").mkdir(parents=True)
-    (sweep / "4" / ".hydra" / "overrides.yaml").write_text("- optimizer=adam\n- lr=0.1\n")
+    job3 = (sweep / "3" / ".hydra" / "overrides.yaml").read_text()
+    (sweep / "4" / ".hydra" / "overrides.yaml").write_text(job3.replace("lr=0.01", "lr=0.1"))
 
     text = report.report(sweep)
     table = {r["run"]: r for r in read_csv(sweep / "report.csv")}
@@ -194,7 +196,7 @@ def test_optuna_sweep_report(tmp_path):
     """Upstream `hydra/sweeper=optuna`: its job folders are reported like any other."""
     proc = train_cli(
         "-m", *BASE, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize",
-        "hydra.sweeper.sampler.seed=0", "lr=interval(0.001,0.1)", "optimizer=momentum", cwd=tmp_path,
+        "hydra.sweeper.sampler.seed=0", "lr=interval(0.001,0.05)", "epochs=2", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = only_sweep(tmp_path)
@@ -206,5 +208,5 @@ def test_optuna_sweep_report(tmp_path):
     assert values == sorted(values, reverse=True)
     for r in table:
         assert float(r["objective_value"]) == pytest.approx(truth[r["run"]]["objective"]["value"])
-        assert 0.001 <= float(r["param.lr"]) <= 0.1  # the sampled parameter is a column
+        assert 0.001 <= float(r["param.lr"]) <= 0.05  # the sampled parameter is a column
     assert_png(sweep / "report.png")

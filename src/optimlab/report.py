@@ -186,14 +186,15 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
 
 def varying(runs: list[Run]) -> tuple[list[str], dict[str, str]]:
     """Override keys whose value differs between runs, and the ones all runs share."""
+    known = [run for run in runs if run.params]  # a folder Hydra just made may not say yet
     keys: list[str] = []
-    for run in runs:
+    for run in known:
         keys += [k for k in run.params if k not in keys]
     common = {}
     changing = []
     for key in keys:
-        values = {run.params.get(key) for run in runs}
-        if len(values) == 1 and len(runs) > 1:
+        values = {run.params.get(key) for run in known}
+        if len(values) == 1 and len(known) > 1:
             common[key] = values.pop()
         else:
             changing.append(key)
@@ -297,6 +298,7 @@ def write_plot(runs: list[Run], metric: str, params: list[str], path: Path, top:
     curves = []
     for run in shown:
         label = " ".join(f"{k}={_param(run.params.get(k))}" for k in params) or run.name
+        label = label if len(label) <= 60 else label[:57] + "..."
         value = f"{run.value:.4f}" if run.value is not None else "-"
         curves.append({"label": f"{label}  ({value}{'' if run.status == 'completed' else ', ' + run.status})",
                        "rows": run.rows})  # fmt: skip
