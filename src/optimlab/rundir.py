@@ -151,25 +151,22 @@ def git_info(path: Path | None = None) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import hydra
-    import numpy
-    import omegaconf
-    import torchvision
+    """Versions of what a run depends on, read from package metadata: importing torchvision
+    or optuna just to ask would add seconds to every run's start."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    found = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-        "numpy": numpy.__version__,
-    }
-    try:
-        import optuna
-
-        found["optuna"] = optuna.__version__
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        pass
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist, key in (
+        ("torchvision", "torchvision"),
+        ("hydra-core", "hydra"),
+        ("omegaconf", "omegaconf"),
+        ("numpy", "numpy"),
+        ("optuna", "optuna"),
+    ):
+        try:
+            found[key] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            pass
     from optimlab import __version__
 
     found["optimlab"] = __version__
