@@ -196,7 +196,7 @@ def test_optuna_sweep_report(tmp_path):
     """Upstream `hydra/sweeper=optuna`: its job folders are reported like any other."""
     proc = train_cli(
         "-m", *BASE, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize",
-        "hydra.sweeper.sampler.seed=0", "lr=interval(0.001,0.05)", "epochs=2", cwd=tmp_path,
+        "hydra.sweeper.sampler.seed=0", "lr=interval(0.001,0.05)", "epochs=1", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = only_sweep(tmp_path)
@@ -209,4 +209,31 @@ def test_optuna_sweep_report(tmp_path):
     for r in table:
         assert float(r["objective_value"]) == pytest.approx(truth[r["run"]]["objective"]["value"])
         assert 0.001 <= float(r["param.lr"]) <= 0.05  # the sampled parameter is a column
+    assert_png(sweep / "report.png")
+
+
+@pytest.mark.slow
+def test_optimlab_sweep_report_agrees_with_the_study(tmp_path):
+    """optimlab's sweeper (trial_NNNN folders): the report from run folders alone matches the study."""
+    proc = train_cli(
+        "-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/s", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.plots=false", *BASE, "epochs=2", "lr=tag(log,interval(1e-3,0.05))", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "s"
+    text = report.report(sweep)
+    table = read_csv(sweep / "report.csv")
+    assert sorted(r["run"] for r in table) == ["trial_0000", "trial_0001", "trial_0002", "trial_0003"]
+    with open(sweep / "trials.csv", newline="") as f:
+        study = {f"trial_{int(t['number']):04d}": t for t in csv.DictReader(f)}
+    for r in table:
+        t = study[r["run"]]
+        assert r["status"] == t["status"]
+        assert float(r["objective_value"]) == pytest.approx(float(t["value"]))
+        assert float(r["param.lr"]) == pytest.approx(float(t["lr"]))
+    values = [float(r["objective_value"]) for r in table]
+    assert values == sorted(values, reverse=True)
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("#"))
+    assert lines[header + 2].split()[1] == table[0]["run"]  # the table's first row is the best trial
     assert_png(sweep / "report.png")
