@@ -101,3 +101,14 @@ def test_train_py_piped_output_has_no_carriage_return_spam(tmp_path):
     assert "epoch 1/2" in both and "epoch 2/2" in both and "run completed" in both
     log_file = next(tmp_path.glob("outputs/*/*/train.log")).read_text()
     assert "epoch 2/2" in log_file and "run completed" in log_file
+
+
+def test_run_line_for_finished_and_diverged_runs():
+    from optimlab.progress import run_line
+
+    done = {"status": "completed", "objective": {"metric": "val_acc", "value": 0.9653, "best_epoch": 7},
+            "test": {"acc": 0.95, "loss": 0.2}, "durations": {"total_s": 28.3}, "overrides": ["lr=0.01"]}  # fmt: skip
+    assert run_line(done) == "run completed  val_acc 0.9653 (best, epoch 7)  test_acc 0.9500  28.3s  lr=0.01"
+    diverged = {"status": "diverged", "objective": {"metric": "val_acc", "value": float("nan"), "best_epoch": None},
+                "durations": {"total_s": 9.5}, "overrides": ["lr=0.1"]}  # fmt: skip
+    assert run_line(diverged) == "run diverged  9.5s  lr=0.1"

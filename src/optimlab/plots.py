@@ -71,7 +71,7 @@ def _epoch_axis(ax, epochs: list[float]) -> None:
     """Whole-number epoch ticks; a word instead of empty axes."""
     ax.grid(alpha=0.3)
     if not epochs:
-        ax.text(0.5, 0.5, "no finished epoch yet", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_xticks([])
         ax.set_yticks([])
         return
@@ -94,7 +94,8 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, title: str =
         losses += y
     _loss_scale(ax_loss, losses)
     ax_loss.set(title="loss", xlabel="epoch")
-    ax_loss.legend(frameon=False)
+    if losses:
+        ax_loss.legend(frameon=False)
 
     x, y = _column(rows, "val_acc")
     ax_acc.plot(x, y, marker=m, ms=3, color="C2")

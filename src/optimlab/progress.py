@@ -14,6 +14,7 @@ it costs one device sync per redraw, not one per step.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -37,7 +38,7 @@ def run_line(summary: dict[str, Any]) -> str:
     objective = summary.get("objective") or {}
     parts = [f"run {summary.get('status', '?')}"]
     value = objective.get("value")
-    if value is not None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
         parts.append(f"{objective.get('metric')} {value:.4f} (best, epoch {objective.get('best_epoch')})")
     test = summary.get("test")
     if test:

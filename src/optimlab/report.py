@@ -328,7 +328,8 @@ def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True)
     lines += ["", render(table(runs, metric, params)), ""]
     written = [write_csv(runs, metric, direction, out / REPORT_CSV)]
     if plot:
-        title = f"{root.name}: top {min(top, len(runs))} of {len(runs)} runs by best {metric}"
+        drawn = min(top, sum(1 for r in runs if r.rows))  # runs without a finished epoch have no curve
+        title = f"{root.name}: top {drawn} of {len(runs)} runs by best {metric}"
         png = write_plot(runs, metric, params, out / REPORT_PNG, top, title)
         if png:
             written.append(png)
