@@ -33,6 +33,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import _convert_old_distribution_to_new_distribution
 from optuna.trial import TrialState
 
 from optimlab.errors import OptimlabError
@@ -42,11 +43,10 @@ from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb,
 
 log = logging.getLogger(__name__)
 
-# optuna's notes about APIs this module uses on purpose (ask/tell heartbeats, matplotlib plots,
-# the upstream plugin's pre-3.0 distribution classes)
+# optuna's notes about APIs this module uses on purpose (heartbeats and stale-trial checks
+# outside Study.optimize)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-warnings.filterwarnings("ignore", message=".*Distribution has been deprecated")
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 # overrides a sweep with n_workers > 1 sets on the worker processes it starts
@@ -193,6 +193,9 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         study.sampler = self.sampler
+        # the upstream parser builds pre-3.0 distribution classes; store today's equivalents
+        # (FloatDistribution …), which Optuna's retry of dead workers' trials requires
+        space = {k: _convert_old_distribution_to_new_distribution(d) for k, d in space.items()}
         log.info(
             "Study %s in %s: %d/%d trials finished | sampler %s | pruner %s | direction %s | %s",
             study.study_name, redact(self.storage_url), self._n_done(study), self.n_trials,
@@ -230,7 +233,10 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         poll = max(0.5, min(2.0, (self.heartbeat_interval or 2) / 2))
         while True:
             if self._heartbeat:
-                optuna.storages.fail_stale_trials(study)
+                try:
+                    optuna.storages.fail_stale_trials(study)
+                except Exception as e:  # noqa: BLE001 - the stale trial is FAIL already; go on
+                    log.warning("could not retry a dead worker's trial: %s", e)
             trials = study.get_trials(deepcopy=False)
             self._check_failures(trials, session)
             done = sum(t.state in DONE for t in trials)
