@@ -150,6 +150,23 @@ def test_random_flip_flips_about_half_the_batch():
     assert 0.46 < flipped.float().mean() < 0.54
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_uint8_crop_and_flip_equals_crop_then_flip(channels_last):
+    """The engine's one-gather augmentation on uint8 == reflect-pad crop then flip on floats."""
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for padding, flip in [(4, True), (2, False), (0, True)]:
+        g = torch.Generator().manual_seed(9)
+        ref = x.float()
+        if padding:
+            ref = datasets.random_crop(ref, padding, g)
+        if flip:
+            ref = datasets.random_flip(ref, g)
+        out = datasets.crop_and_flip(x, padding, flip, torch.Generator().manual_seed(9), channels_last)
+        assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=layout)
+        assert torch.equal(out.float(), ref)
+
+
 def test_device_data_augments_training_batches_only():
     cfg = data_cfg(train=256, crop=2, flip=True)
     splits = datasets.make_synthetic(cfg)

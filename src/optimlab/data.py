@@ -193,6 +193,40 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices outside [0, n) mirrored back in, as reflect padding does."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def crop_and_flip(
+    x: torch.Tensor, padding: int, flip: bool, g: torch.Generator, channels_last: bool = False
+) -> torch.Tensor:
+    """``random_flip(random_crop(x, padding, g), g)`` as ONE gather straight from ``x``.
+
+    The same random draws in the same order, so the same result; but no padded copy,
+    any dtype (crop the uint8 images, then normalise only what is kept), and with
+    ``channels_last`` the gather writes that layout directly (no conversion copy).
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    rows = torch.arange(h, device=dev).expand(b, h)
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if padding:
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(dev)
+        rows = _reflect(rows + (dy - padding)[:, None], h)
+        cols = _reflect(cols + (dx - padding)[:, None], w)
+    if flip:
+        flipped = (torch.rand(b, generator=g) < 0.5).to(dev)
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=dev)[:, None, None]
+    if channels_last:  # gather (b, h, w, c) rows of c contiguous values: an NCHW view in channels_last
+        return x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return x[batch[..., None], torch.arange(c, device=dev)[None, :, None, None], rows[:, None, :, None],
+             cols[:, None, None, :]]  # fmt: skip
+
+
 PLACEMENTS = ("auto", "device", "host")
 DEVICE_MEMORY_SHARE = 0.5  # `auto` keeps data on a GPU only if it takes at most this share of free memory
 
@@ -281,11 +315,10 @@ class DeviceData:
         order = order.to(self.train.x.device)
         for start in range(0, n, batch_size):
             x, y = self._fetch(self.train, order[start : start + batch_size])
-            x = self._normalize(x)
-            if self.crop_padding:
-                x = random_crop(x, self.crop_padding, g)
-            if self.flip:
-                x = random_flip(x, g)
+            if self.crop_padding or self.flip:  # on the uint8 images: a quarter of the bytes to move
+                cl = self.memory_format == torch.channels_last
+                x = crop_and_flip(x, self.crop_padding, self.flip, g, channels_last=cl)
+            x = self._normalize(x)  # keeps x's memory format
             yield x.contiguous(memory_format=self.memory_format), y
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
