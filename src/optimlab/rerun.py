@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import shlex
 import sys
 import tempfile
@@ -93,12 +94,14 @@ def new_run_dir(job: DictConfig, hydra_node: dict[str, Any], overrides: list[str
     if "${" not in pattern:
         pattern = DEFAULT_RUN_DIR
     try:
-        import hydra.core.utils  # noqa: F401  (registers Hydra's `now` resolver)
+        from hydra.core.utils import setup_globals
+
+        setup_globals()  # Hydra's `now` resolver
 
         scratch = OmegaConf.create({"hydra": {**hydra_node, "run": {"dir": pattern}}, **OmegaConf.to_container(job)})
         path = Path(str(scratch.hydra.run.dir))
     except Exception:  # a pattern that only resolves inside Hydra
-        path = Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+        path = Path("outputs") / datetime.now().strftime(f"%Y-%m-%d/%H-%M-%S_{secrets.token_hex(3)}")
     path = path.absolute()
     if path.exists():  # a fixed pattern (hydra.run.dir=...) or the original itself
         path = path.with_name(f"{path.name}_rerun_{datetime.now().strftime('%H%M%S%f')}")

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Keys that may differ between the saved run and the resumed one: they change how far
 # a run goes or what it prints, never the numbers of the epochs already trained.
-HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "checkpoint.every", "progress")
+HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "plots", "checkpoint.every")
 
 # Fault injection for tests and drills: "E" or "E:S" makes the process SIGKILL itself
 # just before training step S (default 0) of epoch E (1-based). "3" = right after epoch
