@@ -118,7 +118,7 @@ class ConsoleProgress:
         loss = float(losses.mean())  # the one device read, once per redraw
         lr = state.optimizer.param_groups[0]["lr"]
         elapsed = now - self._t_epoch
-        seen = min(step * self.batch_size, self.n_train)
+        seen = min(step * self.batch_size, self.n_train) - self.batch_size  # the clock starts after step 1
         speed = f"{seen / elapsed:,.0f} img/s" if elapsed > 0 and step > 1 else "- img/s"
         acc = f"val_acc {self._last_val_acc:.4f}" if self._last_val_acc is not None else "val_acc -"
         return f"loss {loss:.4f}  {acc}  lr {lr:.3g}  {speed}"
