@@ -54,6 +54,7 @@ def test_scalars_and_hparams_read_back(tmp_path):
     assert hp["model"].string_value == "lenet"
     assert hp["scheduler"].string_value == "ConstantLR"  # from the config when not overridden
     assert hp["batch_size"].number_value == 32
+    assert hp["momentum"].number_value == pytest.approx(0.9)  # optimizer=momentum uses the knob
     end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
     assert end.session_end_info.status == 1  # STATUS_SUCCESS
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment

@@ -32,6 +32,11 @@ KNOBS = ["lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "prec
 def hparams_of(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     """The run's hyperparameters as TensorBoard takes them (bool/int/float/str)."""
     found: dict[str, Any] = {k: cfg.get(k) for k in KNOBS if cfg.get(k) is not None}
+    # the momentum the optimizer really uses: plain sgd ignores the knob, Adam's is beta1
+    optimizer = cfg.get("optimizer") or {}
+    if "momentum" in optimizer or "betas" in optimizer:
+        momentum = optimizer.get("momentum") if "momentum" in optimizer else optimizer.get("betas")[0]
+        found["momentum"] = float(momentum)
     for group in ("model", "optimizer", "scheduler"):
         target = cfg.get(group, {}).get("_target_")
         if target:
