@@ -97,6 +97,11 @@ SWEEP = [
     "lr=tag(log, interval(1e-4, 1e-1))",
     "momentum=interval(0.5, 0.95)",
 ]
+# The same search with optimlab's sweeper (persistent study in the sweep folder).
+OSWEEP = [
+    *(o for o in SWEEP if not o.startswith(("hydra/sweeper=", "hydra.sweeper.n_jobs", "hydra.sweeper.direction"))),
+    "hydra/sweeper=optimlab",
+]
 
 
 def run_wave(jobs: dict[str, dict], cwd: Path, parallel: int = 4) -> dict[str, tuple[int, str]]:
@@ -123,7 +128,7 @@ def runs(tmp_path_factory) -> dict:
     """
     base = tmp_path_factory.mktemp("repro")
     quiet = ["plots=false"] if "plots" in compose_config() else []  # no matplotlib: faster
-    d = {name: base / name for name in ("a", "b", "killed", "s3", "s2k", "sweep1", "sweep2")}
+    d = {name: base / name for name in ("a", "b", "killed", "s3", "s2k", "sweep1", "sweep2", "osweep1", "osweep2")}
     out = run_wave(
         {
             "a": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['a']}"]},
@@ -133,13 +138,15 @@ def runs(tmp_path_factory) -> dict:
             "s2k": {"args": [*STEP, *quiet, "epochs=2", f"hydra.run.dir={d['s2k']}"], "env": {KILL_ENV: "2"}},
             "sweep1": {"args": ["-m", *SWEEP, *quiet, f"hydra.sweep.dir={d['sweep1']}"]},
             "sweep2": {"args": ["-m", *SWEEP, *quiet, f"hydra.sweep.dir={d['sweep2']}"]},
+            "osweep1": {"args": ["-m", *OSWEEP, *quiet, f"hydra.sweep.dir={d['osweep1']}"]},
+            "osweep2": {"args": ["-m", *OSWEEP, *quiet, f"hydra.sweep.dir={d['osweep2']}"]},
         },
         cwd=base,
     )
-    before = {name: snapshot(d[name]) for name in ("a", "killed", "s2k")}
+    before = {name: snapshot(d[name]) for name in ("a", "killed", "s2k", "osweep1")}
     for name in ("resumed", "resumed_s", "resumed_done", "bad_resume"):
         d[name] = base / name
-    d["trial"] = d["sweep1"] / "1"
+    d["trial"] = d["osweep1"] / "trial_0001"  # an optimlab sweep's trial (its study must not hear of the re-run)
     d["rerun"], d["rerun_trial"] = base / "rerun" / "a", base / "rerun" / "trial"
     out.update(
         run_wave(
@@ -345,15 +352,17 @@ def test_run_folder_checkpoint_round_trip(tmp_path):
 def _trials(sweep_dir: Path) -> list[tuple[dict, float, list]]:
     """(params, objective, metrics) of every trial folder, in trial order."""
     found = []
-    for job in sorted((p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: int(p.name)):
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()):
         s = summary(job)
         params = dict(o.split("=", 1) for o in s["overrides"] if o.split("=")[0] in ("lr", "momentum"))
         found.append((params, s["objective"]["value"], metrics(job)))
     return found
 
 
-def test_seeded_one_worker_sweep_twice_gives_the_same_trials(runs):
-    first, second = (_trials(ok(runs, name)) for name in ("sweep1", "sweep2"))
+@pytest.mark.parametrize("sweeper", ["optuna", "optimlab"])
+def test_seeded_one_worker_sweep_twice_gives_the_same_trials(runs, sweeper):
+    prefix = "" if sweeper == "optuna" else "o"
+    first, second = (_trials(ok(runs, f"{prefix}sweep{i}")) for i in (1, 2))
     assert len(first) == 3
     assert len({tuple(sorted(p.items())) for p, _, _ in first}) == 3  # the sampler really sampled
     assert all(set(p) == {"lr", "momentum"} for p, _, _ in first)
@@ -366,3 +375,5 @@ def test_rerun_of_a_sweep_trial_reproduces_it(runs):
     assert_same_state(rerun, trial)
     assert summary(rerun)["objective"] == summary(trial)["objective"]
     assert summary(rerun)["status"] == "completed"
+    # the trial's identity (OPTIMLAB_TRIAL_ID, storage) is not carried: the study is untouched
+    assert snapshot(runs["dirs"]["osweep1"]) == runs["before"]["osweep1"]
