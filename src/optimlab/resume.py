@@ -186,12 +186,11 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
     saved = saved_config(ckpt)
     saved_resolved = ckpt["config"]
     try:
-        if _resolved(saved) != saved_resolved:
-            raise CheckpointError(f"{source / 'checkpoint.pt'} is inconsistent: its two copies of the config differ")
-    except CheckpointError:
-        raise
+        consistent = _resolved(saved) == saved_resolved
     except Exception:  # an interpolation that only resolves inside its original run
-        pass
+        consistent = True
+    if not consistent:
+        raise CheckpointError(f"{source / 'checkpoint.pt'} is inconsistent: its two copies of the config differ")
     _check_belongs(source, saved_resolved)
 
     effective = effective_config(saved, cfg, overrides)
