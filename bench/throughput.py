@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import platform
 import resource
 import statistics
@@ -54,8 +55,8 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEFAULTS = {
     "device": "auto",
     "batch_size": 0,  # 0: 512 on cpu, 1024 on cuda
-    "rounds": 5,
-    "seconds": 2.0,  # length of one timing window
+    "rounds": 7,
+    "seconds": 1.5,  # length of one timing window
     "train_size": 50000,
     "precision": "auto",  # fp32 on cpu, bf16 on cuda
     "compile": "auto",  # false on cpu, true on cuda
@@ -238,6 +239,7 @@ def main(argv: list[str]) -> None:
     else:
         print(f" ({datasets_cpu_name()}, {torch.get_num_threads()} threads)")
     print(f"# batch_size {bs}  precision {args['precision']}  compile {args['compile']}  rounds {args['rounds']}")
+    print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     t0 = time.perf_counter()
     splits = synthetic_cifar(args["train_size"])
@@ -303,16 +305,17 @@ def main(argv: list[str]) -> None:
     print(f"# warm-up and calibration: {time.perf_counter() - t0:.1f}s (not timed)")
 
     speeds: dict[str, list[float]] = {key: [] for key in contestants}
-    ceilings: list[float] = []
+    ceilings: list[float] = []  # one per round: the mean of a matmul before and after the round
     for _ in range(args["rounds"]):
-        ceilings.append(matmul_gflops(device))
+        before = matmul_gflops(device)
         for key, (_, run, _) in contestants.items():
             sync(device)
             t = time.perf_counter()
             images = run(steps[key])
             sync(device)
             speeds[key].append(images / (time.perf_counter() - t))
-        ceilings.append(matmul_gflops(device))
+        ceilings.append((before + matmul_gflops(device)) / 2)
+    print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     med = {key: statistics.median(v) for key, v in speeds.items()}
     print()
@@ -321,22 +324,30 @@ def main(argv: list[str]) -> None:
         rounds = " ".join(f"{v:.0f}" for v in speeds[key])
         print(f"({key}) {label:<53}{med[key]:>18.0f}   {rounds}")
 
+    def ratio(num: list[float], den: list[float]) -> str:
+        per_round = [n / d for n, d in zip(num, den)]
+        rounds = " ".join(f"{r:.2f}" for r in per_round)
+        return f"{statistics.median(num) / statistics.median(den):.2f}  (per round: {rounds}; median {statistics.median(per_round):.2f})"
+
     b_keys = [k for k in ("b0", "b2") if k in med]
     print()
+    print("ratios: of the medians, and per round (contestants of one round ran back to back)")
     if "a" in med:
-        print(f"c/a  = {med['c'] / med['a']:.2f}    (target >= 7.5)")
+        print(f"c/a  = {ratio(speeds['c'], speeds['a'])}    target >= 7.5")
     if b_keys:
-        best_b = max(b_keys, key=med.get)
-        print(f"c/b  = {med['c'] / med[best_b]:.2f}    (target >= 1.6; b = {best_b}, the faster DataLoader)")
+        best_b = [max(v) for v in zip(*(speeds[k] for k in b_keys))]  # the faster DataLoader, per round
+        print(f"c/b  = {ratio(speeds['c'], best_b)}    target >= 1.6; b = the faster of {', '.join(b_keys)}")
     if "c_contig" in med:
-        print(f"channels_last / contiguous = {med['c'] / med['c_contig']:.2f}")
+        print(f"channels_last / contiguous = {ratio(speeds['c'], speeds['c_contig'])}")
     flops = train_flops_per_image(TuduiCNN, device, torch.channels_last)
     ceiling = statistics.median(ceilings)
     achieved = med["c"] * flops / 1e9
+    per_round = " ".join(f"{c * flops / 1e9 / m:.0%}" for c, m in zip(speeds["c"], ceilings))
     print(
         f"efficiency = {achieved:.1f} GFLOP/s / {ceiling:.1f} GFLOP/s (fp32 2048^3 matmul) = "
-        f"{achieved / ceiling:.0%}    (target >= 80%; {flops / 1e6:.1f} MFLOP per image fwd+bwd)"
+        f"{achieved / ceiling:.0%}  (per round: {per_round})    target >= 80%"
     )
+    print(f"             {flops / 1e6:.1f} MFLOP per image forward+backward (torch.utils.flop_counter)")
     if args["precision"] != "fp32":
         low = matmul_gflops(device, torch.bfloat16 if args["precision"] == "bf16" else torch.float16)
         print(f"          = {achieved / low:.0%} of a {args['precision']} 2048^3 matmul ({low:.1f} GFLOP/s)")
