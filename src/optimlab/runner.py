@@ -227,7 +227,7 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
         validate(cfg)
         device = resolve_device(cfg.device.type)
         precision = resolve_precision(cfg.precision, device)
-        if precision in ("bf16", "fp16") and device.type == "cpu" and precision == "fp16":
+        if precision == "fp16" and device.type == "cpu":
             raise ConfigError("precision='fp16' needs a GPU (GradScaler); use fp32 or bf16 on cpu")
         summary.update(device=device_info(device), precision=precision)
 
