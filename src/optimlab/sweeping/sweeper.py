@@ -405,6 +405,9 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             env = dict(os.environ)
             if len(gpus) > 1:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            # N workers on one machine share its cores: N processes each running torch's
+            # default of one thread per core oversubscribe the CPU and all slow down.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.n_workers)))
             procs.append(subprocess.Popen(self._worker_command(i, session), env=env))
             log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
                      f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
