@@ -64,13 +64,13 @@ def test_free_workers_do_not_wait_for_a_slow_trial(tmp_path):
     path.parent.mkdir(parents=True)
     study = optuna.create_study(study_name="optimlab", storage=JournalStorage(JournalFileBackend(str(path))),
                                 direction="maximize")  # fmt: skip
-    study.enqueue_trial({"epochs": 30})  # the first trial asked for is slow
+    study.enqueue_trial({"epochs": 100})  # the first trial asked for is slow (~10 s)
     for _ in range(4):
         study.enqueue_trial({"epochs": 1})
-    ok(sweep(tmp_path, "epochs=choice(1,30)", "lr=0.05", "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=5",
+    ok(sweep(tmp_path, "epochs=choice(1,100)", "lr=0.05", "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=5",
              "hydra.sweeper.plots=false", name="async"))  # fmt: skip
     trials = optuna.load_study(study_name="optimlab", storage=JournalStorage(JournalFileBackend(str(path)))).trials
-    slow = next(t for t in trials if t.params["epochs"] == 30)
+    slow = next(t for t in trials if t.params["epochs"] == 100)
     assert slow.state.name == "COMPLETE"
     meanwhile = [t for t in trials if t is not slow and slow.datetime_start < t.datetime_start
                  and t.datetime_complete < slow.datetime_complete]  # fmt: skip
