@@ -231,7 +231,7 @@ def test_divergence_stops_with_status_diverged(tmp_path):
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "diverged"
     d = summary["divergence"]
-    assert d["epoch"] == 0 and d["step"] >= 0 and not (d["loss"] == d["loss"] and abs(d["loss"]) < float("inf"))
+    assert d["epoch"] == 1 and d["step"] >= 1 and not (d["loss"] == d["loss"] and abs(d["loss"]) < float("inf"))
     assert summary["epochs_completed"] == 0
 
 

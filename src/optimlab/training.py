@@ -142,13 +142,16 @@ def warm_up(state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Mo
 
 
 def _check_finite(losses: torch.Tensor, upto: int, epoch: int) -> None:
-    """Raise Diverged at the first non-finite loss among ``losses[:upto]``."""
+    """Raise Diverged at the first non-finite loss among ``losses[:upto]`` of 0-based ``epoch``.
+
+    The error counts from 1, like metrics.csv and the log: epoch 1 is the first epoch,
+    step 1 its first step."""
     window = losses[:upto]
     if bool(torch.isfinite(window).all()):
         return
     bad = int((~torch.isfinite(window)).nonzero()[0])
     last = float(window[bad - 1]) if bad > 0 else None
-    raise Diverged(epoch=epoch, step=bad, loss=float(window[bad]), last_finite_loss=last)
+    raise Diverged(epoch=epoch + 1, step=bad + 1, loss=float(window[bad]), last_finite_loss=last)
 
 
 def train_one_epoch(
