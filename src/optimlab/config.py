@@ -222,7 +222,8 @@ def validate(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- "did you mean"
 
 
-def _close(word: str, candidates) -> str | None:
+def closest(word: str, candidates) -> str | None:
+    """The candidate that ``word`` most likely misspells, if any is close enough."""
     import difflib
 
     found = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
@@ -274,14 +275,14 @@ def suggest_overrides(args: list[str], config_dir: str, config_name: str = "conf
                 values = value.list if isinstance(value, ChoiceSweep) else [value]
                 bad = [v for v in values if isinstance(v, str) and v not in options]
                 for v in bad:
-                    match = _close(v, options)
+                    match = closest(v, options)
                     if match:
                         lines.append(f"did you mean {name}={match}?")
                 if not bad and not isinstance(value, ChoiceSweep):
                     good_choices.append(o.input_line)
             elif "/" in name:
                 parent, _, leaf = name.rpartition("/")
-                match = _close(leaf, groups_under(parent))
+                match = closest(leaf, groups_under(parent))
                 if match:
                     lines.append(f"did you mean {parent + '/' if parent else ''}{match}=...? (a config group)")
             else:
@@ -311,6 +312,6 @@ def _suggest_key(cfg: DictConfig, key: str, top_groups: list[str]) -> str | None
         if not isinstance(node, DictConfig):
             return None
         candidates = list(node.keys()) + (top_groups if i == 0 else [])
-        match = _close(part, candidates)
+        match = closest(part, candidates)
         return ".".join([*parts[:i], match, *parts[i + 1 :]]) if match else None
     return None

@@ -232,12 +232,7 @@ def run(cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callb
         summary.update(device=device_info(device), precision=precision)
 
         seed_everything(cfg.seed, cfg.deterministic)
-        splits = datasets.load(cfg.data)
-        if cfg.batch_size > len(splits.train):
-            raise ConfigError(
-                f"batch_size={cfg.batch_size} is not valid: must be <= the training split's size "
-                f"({len(splits.train)} images for data={cfg.data.name})"
-            )
+        splits = datasets.load(cfg.data)  # validate() has checked batch_size against its size
         data = datasets.DeviceData(
             splits, cfg.data, device, channels_last=cfg.channels_last, placement=cfg.get("data_placement", "auto")
         )

@@ -12,7 +12,6 @@ launches anything, whichever sweeper is in use.
 from __future__ import annotations
 
 import copy
-import difflib
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from optimlab.config import validate
+from optimlab.config import closest, validate
 from optimlab.errors import ConfigError
 
 try:  # Hydra >= 1.1
@@ -37,8 +36,8 @@ _ABSENT = object()
 
 
 def _did_you_mean(word: str, candidates) -> str:
-    found = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean {found[0]!r}?" if found else ""
+    found = closest(word, candidates)
+    return f"; did you mean {found!r}?" if found else ""
 
 
 def _parse(key: str, spec: Any):
