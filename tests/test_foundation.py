@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
 from conftest import CONF_DIR, compose_config
@@ -129,40 +128,87 @@ def test_cifar10_missing_offline_fails_fast_with_directions(tmp_path):
         datasets.load(cfg.data)
 
 
+class StepRecorder:
+    """Snapshots of the model's weights before the first step and after every step."""
+
+    def __init__(self):
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.losses: list[float] = []
+
+    def on_batch_end(self, state, step, n_steps, losses) -> None:
+        if not self.weights:
+            raise AssertionError("the recorder must be armed with the initial weights first")
+        self.weights.append({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+        self.losses.append(float(losses[step - 1]))
+
+    def on_epoch_end(self, result, state) -> None:
+        pass
+
+
+def seeds_step(model: nn.Module, weights: dict, imgs: torch.Tensor, targets: torch.Tensor, lr: float):
+    """One step of the seeds' script (seed 001/003): zero_grad, forward, loss, backward, SGD step."""
+    model.load_state_dict(weights)
+    optim = torch.optim.SGD(model.parameters(), lr=lr)  # plain SGD keeps no state between steps
+    loss = nn.CrossEntropyLoss()
+    result_loss = loss(model(imgs), targets)
+    optim.zero_grad()
+    result_loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    optim.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, result_loss.item(), grads
+
+
 def test_loop_matches_the_seeds_hand_written_loop(tmp_path):
-    """optimizer=sgd lr=0.01 batch_size=1 scheduler=constant gives the seeds' weights."""
+    """optimizer=sgd lr=0.01 batch_size=1 scheduler=constant takes the seeds' steps, one by one.
+
+    Both loops get the identical float tensors (the engine's own batches), and every step
+    is checked from the engine's weights before it, so rounding never compounds: each
+    step's update ``lr * grad`` must match the seeds' to within fp32 rounding of one step.
+    A recipe change (no zero_grad, the scheduler stepped instead of the optimizer, another
+    lr, a skipped or repeated batch) moves a step by O(lr * |grad|) and fails.
+    """
+    lr, epochs = 0.01, 2
     overrides = [
-        "data=synthetic", "data.train_size=24", "data.val_size=8", "data.test_size=8",
+        "data=synthetic", "data.train_size=12", "data.val_size=8", "data.test_size=8",
         "data.shuffle=false", "data.normalize=false", "model=tudui", "optimizer=sgd",
-        "lr=0.01", "batch_size=1", "scheduler=constant", "epochs=2", "seed=3",
-        "tensorboard=false", "quiet=true",
+        f"lr={lr}", "batch_size=1", "scheduler=constant", f"epochs={epochs}", "seed=3",
+        "channels_last=false", "tensorboard=false", "quiet=true", "plots=false",
     ]  # fmt: skip
     cfg = compose_config(overrides)
-    run(cfg, str(tmp_path))
-    framework = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
-
-    # The seeds' script: ToTensor over PIL images, DataLoader(batch_size=1), SGD, summed loss.
-    train_x = datasets.load(cfg.data).train
-    images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in train_x.x]
-    dataset = [(ToTensor()(img), int(y)) for img, y in zip(images, train_x.y)]
-    dataloader = DataLoader(dataset, batch_size=1)
     torch.manual_seed(3)
-    tudui = TuduiCNN()
-    loss = nn.CrossEntropyLoss()
-    optim = torch.optim.SGD(tudui.parameters(), lr=0.01)
-    for epoch in range(2):
-        running_loss = 0.0
-        for imgs, targets in dataloader:
-            outputs = tudui(imgs)
-            result_loss = loss(outputs, targets)
-            optim.zero_grad()
-            result_loss.backward()
-            optim.step()
-            running_loss = running_loss + result_loss.item()
+    recorder = StepRecorder()
+    recorder.weights.append({k: v.clone() for k, v in TuduiCNN().state_dict().items()})  # the seeds' init
+    run(cfg, str(tmp_path), callbacks=[recorder])
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    assert final.keys() == recorder.weights[0].keys()
+    for name in final:
+        assert torch.equal(final[name], recorder.weights[-1][name]), name
 
-    assert framework.keys() == tudui.state_dict().keys()
-    for name, ref in tudui.state_dict().items():
-        torch.testing.assert_close(framework[name], ref, rtol=1e-5, atol=1e-6, msg=name)
+    # The engine's batches: with data.normalize=false they are x / 255 as float32, like ToTensor.
+    splits = datasets.load(cfg.data)
+    data = datasets.DeviceData(splits, cfg.data, torch.device("cpu"))
+    batches = [b for e in range(epochs) for b in data.train_batches(1, cfg.seed, e)]
+    first = batches[0][0][0]
+    torch.testing.assert_close(first, ToTensor()(Image.fromarray(splits.train.x[0].permute(1, 2, 0).numpy())))
+    assert len(recorder.weights) == len(batches) + 1 == epochs * 12 + 1
+
+    eps = torch.finfo(torch.float32).eps
+    tudui = TuduiCNN()
+    for step, (imgs, targets) in enumerate(batches):
+        before, after = recorder.weights[step], recorder.weights[step + 1]
+        expected, loss, grads = seeds_step(tudui, before, imgs, targets, lr)
+        assert recorder.losses[step] == pytest.approx(loss, rel=1e-5), step
+        for name, want in expected.items():
+            # One fp32 SGD step w - lr*g: w is rounded once (half an ulp of |w|), and g may
+            # differ by reassociation in a different kernel: <= ~n*eps*|g| for a dot product
+            # of n terms, bounded here by 1e-3 of the update (n <= 1600 terms, eps 1.2e-7:
+            # 2e-4). A missing zero_grad, a skipped step or a wrong lr differs by ~|lr*g|.
+            update = lr * grads[name].abs()
+            tol = 2 * eps * torch.maximum(before[name].abs(), want.abs()) + 1e-3 * update.max()
+            diff = (after[name] - want).abs()
+            assert bool((diff <= tol).all()), (step, name, float(diff.max()), float(tol.max()))
+            # and the step really moved the weights as the seeds' script does
+            assert torch.equal(before[name], after[name]) == torch.equal(before[name], want), (step, name)
 
 
 def test_steplr_gives_the_documented_lr_sequence(tmp_path):

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 JOURNAL = "journal://"
@@ -69,6 +73,57 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         storage = RDBStorage(_with_driver(url), **kwargs)
     _cache[key] = storage
     return storage
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study_name: str) -> Iterator[None]:
+    """Mutual exclusion between every worker of one study, wherever it runs.
+
+    A worker holds it while it counts the study's trials and asks for new ones, so two
+    workers racing for the last slot never both create a trial. The lock lives where the
+    study does: a PostgreSQL advisory lock for a server (released by the server
+    when a worker's connection dies), an OS file lock beside an SQLite or journal file
+    (released by the kernel when the process dies), so a dead worker never blocks others.
+    """
+    if url.startswith((JOURNAL, SQLITE)):
+        # not `<file>.lock`: JournalFileBackend's own lock is a symlink of that name
+        path = Path(url[len(JOURNAL if url.startswith(JOURNAL) else SQLITE):] + ".claims")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    import sqlalchemy
+
+    key = zlib.crc32(f"optimlab:{study_name}".encode())  # advisory locks are keyed by integers
+    engine = _lock_engine(url)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            release = ("SELECT pg_advisory_unlock(:k)", {"k": key})
+        else:  # a database without advisory locks: serialise the workers of this host only
+            conn.close()
+            with study_lock(f"{JOURNAL}/tmp/optimlab-{key}", study_name):
+                yield
+            return
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(release[0]), release[1])
+            conn.commit()
+
+
+def _lock_engine(url: str):
+    key = ("lock", url)
+    if key not in _cache:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        _cache[key] = sqlalchemy.create_engine(_with_driver(url), poolclass=NullPool)
+    return _cache[key]
 
 
 def _with_driver(url: str) -> str:

@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 from optimlab.errors import OptimlabError
 from optimlab.sweeping import pruning, summary
 from optimlab.sweeping.storage import _cache as storage_cache
-from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact
+from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
 
 log = logging.getLogger(__name__)
 
@@ -254,28 +254,21 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
                     continue
                 log.info("%d trial(s) still running elsewhere; this worker stops", running)
                 return
-            batch = []
-            for _ in range(min(self.n_jobs, free)):
-                trial = study.ask()
-                if not self._claim(study, trial):
-                    break
-                batch.append(trial)
+            batch = self._claim(study)
             if not batch:
-                time.sleep(random.uniform(0.05, 0.5))  # lost a race for the last slot
-                continue
+                continue  # another worker took the last slot: look again
             self._run_batch(study, batch, space, fixed, session)
 
-    def _claim(self, study, trial) -> bool:
-        """Keep ``trial`` only if the study is not already full; else hand it back as WAITING.
+    def _claim(self, study) -> list:
+        """Up to ``n_jobs`` new trials, as many as the study still has room for.
 
-        Every worker checks *after* its trial is RUNNING, so of two racing for the last slot
-        at least one sees the other: the study never overshoots ``n_trials``.
+        Counting and asking happen under the study's lock, so of two workers racing for
+        the last slot exactly one creates a trial, and the loser leaves nothing behind.
         """
-        taken = sum(t.state in (*DONE, TrialState.RUNNING) for t in study.get_trials(deepcopy=False))
-        if taken <= self.n_trials:
-            return True
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-        return False
+        with study_lock(self.storage_url, self.study_name):
+            trials = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+            room = self.n_trials - len(trials)
+            return [study.ask() for _ in range(min(self.n_jobs, room))]
 
     def _job_overrides(self, trial) -> list[str]:
         env = {
