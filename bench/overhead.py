@@ -64,7 +64,7 @@ def child(argv: list[str]) -> None:
     def validate_and_hook(cfg) -> None:
         stamp("composed")
         validate(cfg)
-        from optimlab import data as datasets
+        from optimlab.engine import data as datasets
         from optimlab import runner  # what cli.main imports next anyway
 
         stamp("runner_imported")

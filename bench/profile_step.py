@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -23,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import MEAN, STD, synthetic_cifar  # noqa: E402
 
-from optimlab import data as datasets  # noqa: E402
-from optimlab.models import FastNet, TuduiCNN  # noqa: E402
-from optimlab.training import LoopConfig, TrainState, train_one_epoch  # noqa: E402
+from optimlab.engine import data as datasets  # noqa: E402
+from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
+from optimlab.engine.training import LoopConfig, TrainState, train_one_epoch  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -39,11 +38,7 @@ def main(argv: list[str]) -> None:
     bs, steps = int(args["batch_size"]), int(args["steps"])
     cl = args["channels_last"] in ("true", "1")
     splits = synthetic_cifar(bs * steps)
-    cfg = OmegaConf.create(
-        {"normalize": True, "mean": list(MEAN), "std": list(STD), "shuffle": True,
-         "augment": {"crop_padding": 4, "flip": True}}
-    )  # fmt: skip
-    data = datasets.DeviceData(splits, cfg, device, channels_last=cl)
+    data = datasets.DeviceData(splits, device, mean=list(MEAN), std=list(STD), crop_padding=4, flip=True, channels_last=cl)
     model = {"tudui": TuduiCNN, "fastnet": FastNet}[args["model"]]()
     model = model.to(device=device, memory_format=torch.channels_last if cl else torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

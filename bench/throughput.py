@@ -12,7 +12,7 @@ that load from other processes hits all of them alike:
   (b) a standard torchvision pipeline at the engine's batch size: PIL images, RandomCrop(reflect)
       + RandomHorizontalFlip + ToTensor + Normalize, DataLoader with 0 and with 2 workers
       (the better of the two is "b")
-  (c) optimlab's engine (optimlab.training.train_one_epoch over optimlab.data.DeviceData) with
+  (c) optimlab's engine (optimlab.engine.training.train_one_epoch over optimlab.engine.data.DeviceData) with
       the same augmentation, channels_last, at that batch size; also with a contiguous model
       and with the fast net (FastNet)
 
@@ -47,9 +47,9 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from optimlab import data as datasets  # noqa: E402
-from optimlab.models import FastNet, TuduiCNN  # noqa: E402
-from optimlab.training import LoopConfig, TrainState, train_one_epoch, warm_up  # noqa: E402
+from optimlab.engine import data as datasets  # noqa: E402
+from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
+from optimlab.engine.training import LoopConfig, TrainState, train_one_epoch, warm_up  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEFAULTS = {
@@ -93,9 +93,9 @@ def sync(device: torch.device) -> None:
 
 
 def synthetic_cifar(train_size: int) -> datasets.Splits:
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/data/synthetic.yaml")
-    cfg.train_size, cfg.val_size, cfg.test_size = train_size, 1000, 1000
-    return datasets.make_synthetic(cfg)
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/data/synthetic.yaml"))
+    cfg.update(train_size=train_size, val_size=1000, test_size=1000)
+    return datasets.load(cfg)
 
 
 class PILImages(Dataset):
@@ -243,11 +243,7 @@ def main(argv: list[str]) -> None:
 
     t0 = time.perf_counter()
     splits = synthetic_cifar(args["train_size"])
-    data_cfg = OmegaConf.create(
-        {"normalize": True, "mean": list(MEAN), "std": list(STD), "shuffle": True,
-         "augment": {"crop_padding": 4, "flip": True}}
-    )  # fmt: skip
-    data = datasets.DeviceData(splits, data_cfg, device, channels_last=True)
+    data = datasets.DeviceData(splits, device, mean=list(MEAN), std=list(STD), crop_padding=4, flip=True, channels_last=True)
     print(f"# data: {len(splits.train)} train images, made and placed in {time.perf_counter() - t0:.1f}s")
 
     cuda = device.type == "cuda"
@@ -364,7 +360,7 @@ def main(argv: list[str]) -> None:
 
 
 def datasets_cpu_name() -> str:
-    from optimlab.rundir import device_info
+    from optimlab.run.provenance import device_info
 
     return device_info(torch.device("cpu"))["name"]
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import optimlab.config  # noqa: F401  (registers resolvers)
+from optimlab.config import resolvers
+
+resolvers.register()  # ${optimlab.uid:} in the run-dir patterns
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -14,39 +14,66 @@ import textwrap
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from optimlab import data as datasets
+from optimlab.engine import data as datasets
 from optimlab.errors import ConfigError
-from optimlab.models import FastNet, TuduiCNN
-from optimlab.training import LoopConfig, TrainState, evaluate, train_one_epoch, warm_up
+from optimlab.engine.models import FastNet, TuduiCNN
+from optimlab.engine.training import LoopConfig, TrainState, evaluate, train_one_epoch, warm_up
 
-from conftest import ROOT, TINY, run_dirs, train_cli
+from conftest import ROOT, TINY, compose_config, run_dirs, train_cli
+from optimlab.config import validate
 
 CPU = torch.device("cpu")
 
 
 def data_cfg(train=200, val=40, test=30, crop=0, flip=False, **extra):
-    return OmegaConf.create(
-        {
-            "name": "synthetic",
-            "channels": 3,
-            "image_size": 16,
-            "num_classes": 10,
-            "train_size": train,
-            "val_size": val,
-            "test_size": test,
-            "noise": 0.5,
-            "split_seed": 0,
-            "shuffle": True,
-            "normalize": True,
-            "mean": None,
-            "std": None,
-            "augment": {"crop_padding": crop, "flip": flip},
-            **extra,
-        }
-    )
+    return {
+        "name": "synthetic",
+        "channels": 3,
+        "image_size": 16,
+        "num_classes": 10,
+        "train_size": train,
+        "val_size": val,
+        "test_size": test,
+        "noise": 0.5,
+        "split_seed": 0,
+        "shuffle": True,
+        "normalize": True,
+        "mean": None,
+        "std": None,
+        "augment": {"crop_padding": crop, "flip": flip},
+        **extra,
+    }
+
+
+def make_synthetic(cfg: dict) -> datasets.Splits:
+    return datasets.load(cfg)
+
+
+def device_data(splits: datasets.Splits, cfg: dict, device=CPU, **kwargs) -> datasets.DeviceData:
+    """DeviceData as the runner builds it from a data config."""
+    return datasets.DeviceData(
+        splits, device, normalize=cfg["normalize"], mean=cfg["mean"], std=cfg["std"],
+        crop_padding=cfg["augment"]["crop_padding"], flip=cfg["augment"]["flip"], shuffle=cfg["shuffle"], **kwargs,
+    )  # fmt: skip
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Reference: random crops of a batch after reflect padding (pad, then index)."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Reference: flip each image horizontally with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def make_state(model: nn.Module, lr=0.05) -> TrainState:
@@ -63,8 +90,8 @@ def test_engine_matches_plain_reference_loop(model_cls):
     """Same batches, augmentation off, fp32: the engine (channels_last, uint8 on-device
     normalisation, permutation slices) and a textbook loop end with the same losses and weights."""
     cfg = data_cfg(train=100, image_size=8)
-    splits = datasets.make_synthetic(cfg)
-    data = datasets.DeviceData(splits, cfg, CPU, channels_last=True)
+    splits = make_synthetic(cfg)
+    data = device_data(splits, cfg, CPU, channels_last=True)
     batch_size, seed, epochs = 32, 3, 2  # 4 steps per epoch, the last one partial
 
     torch.manual_seed(0)
@@ -120,7 +147,7 @@ def coordinate_images(n: int, size: int = 16) -> torch.Tensor:
 def test_random_crop_shifts_uniformly_with_reflect_padding():
     n, pad, size = 4000, 4, 16
     x = coordinate_images(n, size)
-    out = datasets.random_crop(x, pad, torch.Generator().manual_seed(0))
+    out = random_crop(x, pad, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == x.dtype
     # the centre pixel is never a padded one: its coordinates give each sample's shift
     dy = (out[:, 0, size // 2, size // 2] - size // 2).long()
@@ -143,7 +170,7 @@ def test_random_crop_shifts_uniformly_with_reflect_padding():
 def test_random_flip_flips_about_half_the_batch():
     n = 4000
     x = coordinate_images(n)
-    out = datasets.random_flip(x, torch.Generator().manual_seed(1))
+    out = random_flip(x, torch.Generator().manual_seed(1))
     flipped = out[:, 1, 0, 0] == 15
     assert torch.equal(out[flipped], x[flipped].flip(3))
     assert torch.equal(out[~flipped], x[~flipped])
@@ -159,9 +186,9 @@ def test_fused_uint8_crop_and_flip_equals_crop_then_flip(channels_last):
         g = torch.Generator().manual_seed(9)
         ref = x.float()
         if padding:
-            ref = datasets.random_crop(ref, padding, g)
+            ref = random_crop(ref, padding, g)
         if flip:
-            ref = datasets.random_flip(ref, g)
+            ref = random_flip(ref, g)
         out = datasets.crop_and_flip(x, padding, flip, torch.Generator().manual_seed(9), channels_last)
         assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=layout)
         assert torch.equal(out.float(), ref)
@@ -169,9 +196,9 @@ def test_fused_uint8_crop_and_flip_equals_crop_then_flip(channels_last):
 
 def test_device_data_augments_training_batches_only():
     cfg = data_cfg(train=256, crop=2, flip=True)
-    splits = datasets.make_synthetic(cfg)
-    data = datasets.DeviceData(splits, cfg, CPU, channels_last=True)
-    plain = datasets.DeviceData(splits, data_cfg(train=256), CPU, channels_last=True)
+    splits = make_synthetic(cfg)
+    data = device_data(splits, cfg, CPU, channels_last=True)
+    plain = device_data(splits, data_cfg(train=256), CPU, channels_last=True)
     lo, hi = float(plain.shift.min()), float((255 * plain.scale + plain.shift).max())
 
     batches = list(data.train_batches(64, seed=0, epoch=0))
@@ -205,7 +232,7 @@ def indexed_splits(n=203):
 
 def test_every_sample_exactly_once_per_epoch():
     splits = indexed_splits(203)
-    data = datasets.DeviceData(splits, data_cfg(crop=2, flip=True), CPU)
+    data = device_data(splits, data_cfg(crop=2, flip=True), CPU)
     orders = []
     for epoch in range(3):
         ys = [y for _, y in data.train_batches(32, seed=5, epoch=epoch)]
@@ -220,11 +247,11 @@ def test_every_sample_exactly_once_per_epoch():
 
 def test_streaming_fallback_gives_the_same_batches():
     cfg = data_cfg(train=150, crop=3, flip=True)
-    splits = datasets.make_synthetic(cfg)
-    resident = datasets.DeviceData(splits, cfg, CPU, channels_last=True, placement="device")
-    streamed = datasets.DeviceData(splits, cfg, CPU, channels_last=True, placement="host")
+    splits = make_synthetic(cfg)
+    resident = device_data(splits, cfg, CPU, channels_last=True, placement="device")
+    streamed = device_data(splits, cfg, CPU, channels_last=True, placement="host")
     assert streamed.streaming and not resident.streaming
-    auto = datasets.DeviceData(splits, cfg, CPU, placement="auto")
+    auto = device_data(splits, cfg, CPU, placement="auto")
     assert not auto.streaming  # cpu: the data is in host memory anyway
     for epoch in (0, 1):
         for (xa, ya), (xb, yb) in zip(
@@ -234,7 +261,7 @@ def test_streaming_fallback_gives_the_same_batches():
     for (xa, ya), (xb, yb) in zip(resident.eval_batches("val", 16), streamed.eval_batches("val", 16), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     with pytest.raises(ConfigError, match="data_placement"):
-        datasets.DeviceData(splits, cfg, CPU, placement="disk")
+        validate(compose_config(["data_placement=disk"]))
 
 
 @pytest.mark.slow
@@ -255,7 +282,7 @@ def test_compile_warm_up_leaves_no_trace(compiled):
     """Warm-up runs every batch shape but changes no weight, BatchNorm statistic, gradient or RNG:
     training after it is bit-identical to training without it."""
     cfg = data_cfg(train=100, val=30, test=20)
-    data = datasets.DeviceData(datasets.make_synthetic(cfg), cfg, CPU)
+    data = device_data(make_synthetic(cfg), cfg, CPU)
     loop = LoopConfig(epochs=1, batch_size=32, seed=0, eval_batch_size=16, compile=True)
     torch.manual_seed(0)
     init = FastNet(in_channels=3, image_size=16, num_classes=10, widths=(8, 16))
@@ -295,12 +322,11 @@ def test_peak_rss_of_cifar_sized_dataset_under_2gb():
         import resource, torch
         from omegaconf import OmegaConf
         from torch import nn
-        from optimlab import data as datasets
-        from optimlab.models import TuduiCNN
-        cfg = OmegaConf.load("conf/data/synthetic.yaml")
-        cfg.train_size, cfg.val_size, cfg.test_size = 50000, 5000, 5000
-        cfg.augment.crop_padding, cfg.augment.flip = 4, True
-        data = datasets.DeviceData(datasets.load(cfg), cfg, torch.device("cpu"), channels_last=True)
+        from optimlab.engine import data as datasets
+        from optimlab.engine.models import TuduiCNN
+        cfg = OmegaConf.to_container(OmegaConf.load("conf/data/synthetic.yaml"))
+        cfg.update(train_size=50000, val_size=5000, test_size=5000)
+        data = datasets.DeviceData(datasets.load(cfg), torch.device("cpu"), crop_padding=4, flip=True, channels_last=True)
         model = TuduiCNN().to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         for step, (x, y) in enumerate(data.train_batches(256, seed=0, epoch=0)):

@@ -15,10 +15,11 @@ from torch import nn
 from torchvision.transforms import ToTensor
 
 from conftest import CONF_DIR, compose_config
-from optimlab import data as datasets
+from optimlab.engine import data as datasets
 from optimlab.errors import DataError, DeviceError
-from optimlab.models import TuduiCNN
-from optimlab.runner import available_devices, run
+from optimlab.engine.models import TuduiCNN
+from optimlab.engine.devices import available_devices
+from optimlab.run.runner import load_data, run
 
 
 def options(group: str) -> list[str]:
@@ -185,11 +186,10 @@ def test_loop_matches_the_seeds_hand_written_loop(tmp_path):
         assert torch.equal(final[name], recorder.weights[-1][name]), name
 
     # The engine's batches: with data.normalize=false they are x / 255 as float32, like ToTensor.
-    splits = datasets.load(cfg.data)
-    data = datasets.DeviceData(splits, cfg.data, torch.device("cpu"))
+    data = load_data(cfg, torch.device("cpu"))  # as the runner builds it
     batches = [b for e in range(epochs) for b in data.train_batches(1, cfg.seed, e)]
     first = batches[0][0][0]
-    torch.testing.assert_close(first, ToTensor()(Image.fromarray(splits.train.x[0].permute(1, 2, 0).numpy())))
+    torch.testing.assert_close(first, ToTensor()(Image.fromarray(data.train.x[0].permute(1, 2, 0).numpy())))
     assert len(recorder.weights) == len(batches) + 1 == epochs * 12 + 1
 
     eps = torch.finfo(torch.float32).eps

@@ -11,8 +11,8 @@ import torch
 from conftest import TINY, train_cli
 from rich.console import Console
 
-from optimlab.progress import ConsoleProgress
-from optimlab.training import EpochResult, TrainState
+from optimlab.observe.progress import ConsoleProgress
+from optimlab.engine.training import EpochResult, TrainState
 
 
 class CountingLosses:
@@ -49,7 +49,7 @@ def test_terminal_gets_a_bar_with_loss_lr_and_speed(caplog):
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=160, color_system=None)
     progress = ConsoleProgress(epochs=3, batch_size=32, n_train=320, console=console, refresh_s=0.0)
-    with caplog.at_level(logging.INFO, logger="optimlab.progress"):
+    with caplog.at_level(logging.INFO, logger="optimlab.observe.progress"):
         drive(progress, 10)
     text = out.getvalue()
     assert "epoch 1/3" in text and "10/10" in text
@@ -71,7 +71,7 @@ def test_not_a_terminal_plain_lines_without_carriage_returns(caplog):
     console = Console(file=out)  # a file: not a terminal
     assert not console.is_terminal
     progress = ConsoleProgress(epochs=2, batch_size=32, n_train=320, console=console, plain_every_s=0.0)
-    with caplog.at_level(logging.INFO, logger="optimlab.progress"):
+    with caplog.at_level(logging.INFO, logger="optimlab.observe.progress"):
         drive(progress, 10)
     assert out.getvalue() == ""  # no bar at all
     steps = [r.message for r in caplog.records if "step" in r.message]
@@ -83,7 +83,7 @@ def test_quiet_draws_nothing(caplog):
     out = io.StringIO()
     console = Console(file=out, force_terminal=True)
     progress = ConsoleProgress(epochs=2, batch_size=32, n_train=320, console=console, quiet=True, plain_every_s=0.0)
-    with caplog.at_level(logging.INFO, logger="optimlab.progress"):
+    with caplog.at_level(logging.INFO, logger="optimlab.observe.progress"):
         losses = drive(progress, 10)
     assert out.getvalue() == "" and losses.reads == 0
     assert [r.message for r in caplog.records if "step" in r.message] == []
@@ -104,7 +104,7 @@ def test_train_py_piped_output_has_no_carriage_return_spam(tmp_path):
 
 
 def test_run_line_for_finished_and_diverged_runs():
-    from optimlab.progress import run_line
+    from optimlab.observe.progress import run_line
 
     done = {"status": "completed", "objective": {"metric": "val_acc", "value": 0.9653, "best_epoch": 7},
             "test": {"acc": 0.95, "loss": 0.2}, "durations": {"total_s": 28.3}, "overrides": ["lr=0.01"]}  # fmt: skip

@@ -163,7 +163,8 @@ def test_partial_folder_does_not_crash(grid, tmp_path):
 
 
 def _fake_run(folder: Path, overrides: list[str], val_loss: list[float], status: str = "completed") -> None:
-    from optimlab.rundir import RunFolder
+    from optimlab.engine.training import EpochResult
+    from optimlab.run.folder import RunFolder
 
     run = RunFolder(folder)
     rows = [
@@ -171,7 +172,7 @@ def _fake_run(folder: Path, overrides: list[str], val_loss: list[float], status:
          "images_per_s": 100.0}
         for e, v in enumerate(val_loss, 1)
     ]  # fmt: skip
-    run.write_metrics(rows)
+    run.write_metrics([EpochResult(**r) for r in rows])
     best = min(rows, key=lambda r: r["val_loss"])
     run.write_summary({
         "status": status, "overrides": overrides,

@@ -21,9 +21,21 @@ import pytest
 import torch
 from conftest import TINY, TRAIN_PY, compose_config
 
+from optimlab.engine.training import TIMING_COLUMNS
 from optimlab.errors import CheckpointError, ConfigError
-from optimlab.resume import KILL_ENV
-from optimlab.rundir import TIMING_COLUMNS, RunFolder, load_checkpoint
+from optimlab.run.folder import RunFolder
+
+# tests/faults/sitecustomize.py: SIGKILL the run just before step S of epoch E ("E" or "E:S")
+KILL_ENV = "OPTIMLAB_KILL_AT"
+FAULTS = str(Path(__file__).resolve().parent / "faults")
+
+
+def kill_at(spec: str) -> dict[str, str]:
+    return {KILL_ENV: spec, "PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")]))}
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    return RunFolder(run_dir, create=False).load_checkpoint().payload
 
 pytestmark = pytest.mark.slow
 
@@ -133,9 +145,9 @@ def runs(tmp_path_factory) -> dict:
         {
             "a": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['a']}"]},
             "b": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['b']}"]},
-            "killed": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['killed']}"], "env": {KILL_ENV: "2:3"}},
+            "killed": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['killed']}"], "env": kill_at("2:3")},
             "s3": {"args": [*STEP, *quiet, "epochs=3", f"hydra.run.dir={d['s3']}"]},
-            "s2k": {"args": [*STEP, *quiet, "epochs=2", f"hydra.run.dir={d['s2k']}"], "env": {KILL_ENV: "2"}},
+            "s2k": {"args": [*STEP, *quiet, "epochs=2", f"hydra.run.dir={d['s2k']}"], "env": kill_at("2")},
             "sweep1": {"args": ["-m", *SWEEP, *quiet, f"hydra.sweep.dir={d['sweep1']}"]},
             "sweep2": {"args": ["-m", *SWEEP, *quiet, f"hydra.sweep.dir={d['sweep2']}"]},
             "osweep1": {"args": ["-m", *OSWEEP, *quiet, f"hydra.sweep.dir={d['osweep1']}"]},
@@ -263,7 +275,7 @@ def test_rerun_from_a_folder_reproduces_the_run(runs):
 
 
 def _prepare(folder: Path, *extra: str):
-    from optimlab.resume import prepare
+    from optimlab.run.resume import prepare
 
     overrides = [*ADAM_ONECYCLE, f"resume={folder}", *extra]
     return prepare(compose_config(overrides), overrides)
@@ -310,12 +322,12 @@ def test_resume_errors_name_what_is_wrong(runs, tmp_path):
 
 SAVE_SCRIPT = """
 import sys, torch
-from optimlab.rundir import RunFolder
+from optimlab.run.folder import RunFolder
 folder = RunFolder(sys.argv[1])
-folder.save_checkpoint({"epoch": 1, "w": torch.arange(10.0)})
+folder.write_checkpoint({"epoch": 1, "w": torch.arange(10.0)})
 big = {"epoch": 2, "w": torch.ones(64 * 2**20)}  # 256 MB: the write takes a while
 print("saving", flush=True)
-folder.save_checkpoint(big)
+folder.write_checkpoint(big)
 print("saved", flush=True)
 """
 
@@ -341,7 +353,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
 
 def test_run_folder_checkpoint_round_trip(tmp_path):
     folder = RunFolder(tmp_path)
-    folder.save_checkpoint({"epoch": 0})
+    folder.write_checkpoint({"epoch": 0})
     with pytest.raises(CheckpointError, match="not an optimlab checkpoint"):
         load_checkpoint(tmp_path)
 

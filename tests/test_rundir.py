@@ -10,7 +10,7 @@ import sys
 import torch
 
 from conftest import ROOT, TINY, TRAIN_PY, run_dirs, train_cli
-from optimlab.rundir import METRICS_COLUMNS
+from optimlab.engine.training import METRIC_COLUMNS as METRICS_COLUMNS
 
 
 def test_train_py_writes_a_complete_run_folder(tmp_path):
@@ -22,7 +22,7 @@ def test_train_py_writes_a_complete_run_folder(tmp_path):
         assert (folder / name).is_file(), name
 
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
-    assert list(rows[0].keys()) == METRICS_COLUMNS
+    assert tuple(rows[0].keys()) == METRICS_COLUMNS
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import TINY, compose_config
 
-from optimlab.runner import run
+from optimlab.run.runner import run
 
 SMALL = [o for o in TINY if not o.startswith(("epochs=", "tensorboard="))] + [
     "model=lenet", "data.image_size=16", "data.channels=1",

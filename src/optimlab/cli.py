@@ -1,4 +1,7 @@
-"""``python train.py [overrides]``: one training run; ``-m`` for a sweep."""
+"""``python train.py [overrides]``: one training run; ``-m`` for a sweep.
+
+compose (Hydra) → check once → run → the objective back to Hydra (and a sweeper).
+"""
 
 from __future__ import annotations
 
@@ -9,37 +12,59 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from optimlab.config import suggest_overrides, validate  # also registers the configs' resolvers
+from optimlab.config import resolvers, validate
+from optimlab.config.hints import suggest_overrides
 from optimlab.errors import OptimlabError
-from optimlab.sweeping.pruning import trial_callbacks
+from optimlab.run import signals
 
 log = logging.getLogger("optimlab")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_NAME = "config"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float:
+    """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
+    from optimlab.run import resume
+    from optimlab.sweeping.pruning import trial_callbacks
+
     hc = HydraConfig.get()
+    # unresolved: an override such as lr=${nope} is validate()'s to report, not a crash here
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task)]
+    started = False
     try:
-        if not cfg.get("resume"):  # a resumed run is checked once its saved config is loaded
-            validate(cfg)  # bad input fails here, before torch is even imported (seconds)
-        from optimlab.runner import run
+        plan = resume.prepare(cfg, overrides) if cfg.get("resume") else None  # reads only
+        if plan is not None:
+            cfg = plan.config  # the saved run's config (+ harmless overrides)
+        validate(cfg)  # bad input fails here, before any data or model is built
+        from optimlab.run.runner import run
 
-        return run(cfg, hc.runtime.output_dir, overrides=list(hc.overrides.task), callbacks=trial_callbacks(cfg))
+        started = True
+        return run(cfg, hc.runtime.output_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan)
     except OptimlabError as e:
+        if not started and cfg.get("resume"):  # the resume's new folder says why it holds no run
+            from optimlab.run.runner import record_error
+
+            record_error(cfg, hc.runtime.output_dir, overrides, e)
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the failure and goes on
         log.error("%s", e)  # one clear line, no traceback wall
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, signals.Preempted) as e:
         if hc.mode == RunMode.MULTIRUN:
-            raise  # Ctrl-C stops the whole sweep
-        # the runner has already saved the state and written summary.json (status: interrupted)
-        log.error("interrupted (Ctrl-C): state saved in %s (summary.json status: interrupted)", hc.runtime.output_dir)
-        sys.exit(130)
+            raise  # a stop signal stops the whole sweep
+        status = signals.status_of(e)
+        # the runner has already saved the state and written summary.json
+        how = "Ctrl-C" if status == "interrupted" else "SIGTERM"
+        log.error("%s (%s): state saved in %s (summary.json status: %s)", status, how, hc.runtime.output_dir, status)
+        sys.exit(signals.EXIT_CODES[status])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
+def hydra_main(cfg: DictConfig) -> float:
+    return train(cfg)
 
 
 def main() -> None:
@@ -51,10 +76,11 @@ def main() -> None:
     overrides (still in ``sys.argv``) against the config and add the closest match. This
     uses only Hydra's public compose/parser API and costs nothing when the command is fine.
     """
+    resolvers.register()
     try:
         hydra_main()
     except SystemExit as e:
-        if e.code == 1:  # Hydra's own error exit (optimlab's errors exit 2, Ctrl-C 130)
+        if e.code == 1:  # Hydra's own error exit (optimlab's errors exit 2, signals 130/143)
             try:
                 hints = suggest_overrides(sys.argv[1:], CONFIG_DIR)
             except Exception:  # a hint must never hide Hydra's message

@@ -9,24 +9,23 @@ class OptimlabError(Exception):
 
 
 class ConfigError(OptimlabError):
-    """Bad configuration, found before any training starts."""
+    """Bad input found before training: a config value, a dataset, a device, a run folder."""
 
     exit_code = 2
     status = "invalid_config"
 
 
-class DataError(OptimlabError):
+# The same kind of mistake, named for where it was found.
+class DataError(ConfigError):
     """A dataset that is missing or unreadable."""
 
-    exit_code = 2
-    status = "invalid_config"
 
-
-class DeviceError(OptimlabError):
+class DeviceError(ConfigError):
     """A device that was asked for and is not present."""
 
-    exit_code = 2
-    status = "invalid_config"
+
+class CheckpointError(ConfigError):
+    """A run folder to resume from whose checkpoint is missing, corrupt or does not match."""
 
 
 class Diverged(OptimlabError):
@@ -45,8 +44,7 @@ class Diverged(OptimlabError):
         return (type(self), (self.epoch, self.step, self.loss, self.last_finite_loss))
 
 
-class CheckpointError(OptimlabError):
-    """A run folder to resume from whose checkpoint is missing, corrupt or does not match."""
+class Pruned(OptimlabError):
+    """A sweep's pruner stopped the trial early: not a failure."""
 
-    exit_code = 2
-    status = "invalid_config"
+    status = "pruned"

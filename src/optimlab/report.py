@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import re
 import shlex
@@ -25,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from optimlab.plots import plot_comparison, read_metrics
+from optimlab import objective as objectives
+from optimlab.config import overrides as ovr
+from optimlab.files import atomic_write_text
+from optimlab.observe.plots import plot_comparison
+from optimlab.observe.tables import render
+from optimlab.run.folder import RunFolder
 
 REPORT_CSV = "report.csv"
 REPORT_PNG = "report.png"
-MARKERS = ("summary.json", "metrics.csv", ".hydra/overrides.yaml")
 FINAL_STATES = ("completed", "diverged", "pruned", "failed", "interrupted", "invalid_config")
 
 
@@ -67,39 +68,8 @@ def natural_key(text: str) -> list:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run folders at or under ``root`` (any folder holding one of the run files)."""
-    if any((root / m).exists() for m in MARKERS):
-        return [root]
-    found: set[Path] = set()
-    for marker in MARKERS:
-        for hit in root.rglob(marker):
-            folder = hit.parent.parent if marker.startswith(".hydra/") else hit.parent
-            found.add(folder)
-    return sorted(found, key=lambda p: natural_key(str(p.relative_to(root))))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing, or caught mid-write by an older writer
-    return data if isinstance(data, dict) else None
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
-    params = {}
-    for item in overrides:
-        key, sep, value = str(item).partition("=")
-        if sep and not key.lstrip("+~").startswith("hydra."):
-            params[key.lstrip("+~")] = value
-    return params
+    """Run folders at or under ``root``, in natural order."""
+    return sorted(RunFolder.find(root), key=lambda p: natural_key(str(p.relative_to(root))))
 
 
 def _finite(x: Any) -> float | None:
@@ -110,15 +80,22 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def read_run(path: Path, root: Path) -> Run:
-    summary = _read_json(path / "summary.json") or {}
-    config = _read_yaml(path / ".hydra" / "config.yaml") or {}
-    rows = read_metrics(path / "metrics.csv")
+def _hydra_config(folder: RunFolder) -> dict[str, Any]:
+    try:
+        from omegaconf import OmegaConf
 
-    overrides = summary.get("overrides")
-    if overrides is None:
-        overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
-    overrides = [str(o) for o in overrides]
+        cfg = folder.hydra_config()
+        return OmegaConf.to_container(cfg, resolve=False) if cfg is not None else {}
+    except Exception:  # noqa: BLE001 - a live folder may be caught mid-write
+        return {}
+
+
+def read_run(path: Path, root: Path) -> Run:
+    folder = RunFolder(path, create=False)
+    summary = folder.summary()
+    config = _hydra_config(folder)
+    rows = folder.read_metrics()
+    overrides = folder.overrides()
 
     objective = summary.get("objective") or config.get("objective") or {}
     metric = objective.get("metric", "val_acc")
@@ -132,7 +109,7 @@ def read_run(path: Path, root: Path) -> Run:
         duration = sum(r.get("seconds", 0.0) for r in rows)  # epochs so far
     name = str(path.relative_to(root)) if path != root else path.name
     run = Run(
-        name=name, path=path, status=status, overrides=overrides, params=parse_overrides(overrides),
+        name=name, path=path, status=status, overrides=overrides, params=ovr.job_values(overrides),
         metric=metric, direction=direction, value=None, best_epoch=None, best={}, final=rows[-1] if rows else {},
         test=summary.get("test") or {}, epochs_done=len(rows), epochs=epochs if isinstance(epochs, int) else None,
         duration_s=duration, error=summary.get("error"), rows=rows,
@@ -149,13 +126,11 @@ def score(run: Run, metric: str, direction: str, summary: dict[str, Any] | None 
         run.best_epoch = int(objective["best_epoch"])
         run.best = (summary or {}).get("best") or next((r for r in run.rows if r["epoch"] == run.best_epoch), {})
         return
-    finite = [r for r in run.rows if _finite(r.get(metric)) is not None]
-    if not finite:
+    best = objectives.best(run.rows, lambda r: r.get(metric), direction)
+    if best is None:
         run.value, run.best_epoch, run.best = None, None, {}
         return
-    pick = max if direction == "maximize" else min
-    run.best = pick(finite, key=lambda r: r[metric])
-    run.value, run.best_epoch = run.best[metric], int(run.best["epoch"])
+    run.best, run.value, run.best_epoch = best, best[metric], int(best["epoch"])
 
 
 def collect(root: Path) -> tuple[list[Run], str, str]:
@@ -167,16 +142,13 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
     for run in runs:
         if (run.metric, run.direction) != (metric, direction):
             score(run, metric, direction)  # rank every run by the same yardstick
-    sign = -1.0 if direction == "maximize" else 1.0
     # ties (several runs at val_acc 1.0) go to the better other metric at the best epoch
-    other, other_sign = ("val_loss", 1.0) if metric != "val_loss" else ("val_acc", -1.0)
+    other, other_direction = ("val_loss", "minimize") if metric != "val_loss" else ("val_acc", "maximize")
 
     def order(r: Run):
-        tie = _finite(r.best.get(other))
         return (
-            r.value is None,
-            sign * r.value if r.value is not None else 0.0,
-            other_sign * tie if tie is not None else math.inf,
+            objectives.rank_key(r.value, direction),
+            objectives.rank_key(r.best.get(other), other_direction),
             natural_key(r.name),
         )
 
@@ -228,7 +200,7 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def table(runs: list[Run], metric: str, params: list[str]) -> list[list[str]]:
+def table(runs: list[Run], metric: str, params: list[str]) -> str:
     header = ["#", "run", *params, "status", f"best {metric}", "epoch", "final val_acc", "final val_loss",
               "test_acc", "epochs", "time"]  # fmt: skip
     body = []
@@ -239,18 +211,8 @@ def table(runs: list[Run], metric: str, params: list[str]) -> list[list[str]]:
             _num(run.value), str(run.best_epoch or "-"), _num(run.final.get("val_acc")),
             _num(run.final.get("val_loss")), _num(run.test.get("acc")), epochs, _duration(run.duration_s),
         ])  # fmt: skip
-    return [header, *body]
-
-
-def render(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    numeric = [all(_finite(r[i]) is not None or r[i] == "-" for r in rows[1:]) for i in range(len(widths))]
-
-    def line(cells: list[str]) -> str:
-        out = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:])])
+    numeric = [all(_finite(r[i]) is not None or r[i] == "-" for r in body) for i in range(len(header))]
+    return render(header, body, numeric)
 
 
 CSV_FIXED = [
@@ -262,8 +224,6 @@ CSV_FIXED = [
 
 
 def write_csv(runs: list[Run], metric: str, direction: str, path: Path) -> Path:
-    from optimlab.rundir import atomic_write_text
-
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.params if k not in keys]
@@ -325,7 +285,7 @@ def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True)
     ]
     if common:
         lines.append("common overrides: " + " ".join(f"{k}={v}" for k, v in common.items()))
-    lines += ["", render(table(runs, metric, params)), ""]
+    lines += ["", table(runs, metric, params), ""]
     written = [write_csv(runs, metric, direction, out / REPORT_CSV)]
     if plot:
         drawn = min(top, sum(1 for r in runs if r.rows))  # runs without a finished epoch have no curve

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from optimlab.sweeping.upstream import OptunaSweeperConf
 from omegaconf import MISSING
 
 

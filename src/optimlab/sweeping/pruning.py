@@ -1,56 +1,81 @@
 """The one hook between a sweep and the training loop: report each epoch's value to the
 trial, stop when the pruner says so.
 
-The sweeper passes the trial's identity to its job through the job's environment
-(``hydra.job.env_set``); the job rebuilds a live ``optuna.trial.Trial(study, trial_id)``
-from the persistent storage, so this works in any process (in-process, joblib, submitit).
+The sweeper hands each job its trial through one environment variable of the job
+(``hydra.job.env_set``), so this works in any process (in-process, joblib, submitit);
+the job rebuilds a live ``optuna.trial.Trial`` from the persistent storage, with the
+pruner built by :func:`make_pruner` from the same sweeper config the sweeper used.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import asdict, dataclass
+from typing import Any
 
-ENV_TRIAL_ID = "OPTIMLAB_TRIAL_ID"
-ENV_TRIAL_NUMBER = "OPTIMLAB_TRIAL_NUMBER"
-ENV_STORAGE = "OPTIMLAB_STORAGE"
-ENV_STUDY = "OPTIMLAB_STUDY"
+from optimlab.errors import Pruned
+
+TRIAL_ENV = "OPTIMLAB_TRIAL"
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """Which trial of which study a job is."""
+
+    storage: str
+    study: str
+    number: int
+
+    def env(self) -> dict[str, str]:
+        return {TRIAL_ENV: json.dumps(asdict(self))}
+
+    @classmethod
+    def from_env(cls) -> TrialLink | None:
+        raw = os.environ.get(TRIAL_ENV)
+        return cls(**json.loads(raw)) if raw else None
+
+
+def make_pruner(pruner_cfg: Any):
+    """THE pruner of a sweep (sweeper and trials alike): the config's, or none."""
+    import optuna
+    from hydra.utils import instantiate
+
+    return instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
 
 
 class PruningCallback:
-    """``on_epoch_end``: trial.report(metric, epoch); raise optuna.TrialPruned when told to."""
+    """``on_epoch_end``: trial.report(metric, epoch); raise :class:`Pruned` when told to."""
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
 
     def on_epoch_end(self, result, state) -> None:
-        import optuna
-
         value = getattr(result, self.metric)
         if not math.isfinite(value):
             return  # the loop reports divergence itself
         self.trial.report(value, result.epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {result.epoch} ({self.metric}={value:.4g})")
+            raise Pruned(f"pruned after epoch {result.epoch} ({self.metric}={value:.4g})")
 
 
 def trial_callbacks(cfg) -> list:
     """The callbacks a run needs when it is a trial of an optimlab sweep (else none)."""
-    trial_id = os.environ.get(ENV_TRIAL_ID)
-    if not trial_id:
+    link = TrialLink.from_env()
+    if link is None:
         return []
     import optuna
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
     from optimlab.sweeping.storage import open_storage
 
-    pruner_cfg = HydraConfig.get().sweeper.get("pruner")
-    pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
+    storage = open_storage(link.storage)
     study = optuna.load_study(
-        study_name=os.environ[ENV_STUDY],
-        storage=open_storage(os.environ[ENV_STORAGE]),
-        pruner=pruner,
+        study_name=link.study, storage=storage, pruner=make_pruner(HydraConfig.get().sweeper.get("pruner")),
         sampler=optuna.samplers.RandomSampler(),
-    )
-    return [PruningCallback(optuna.trial.Trial(study, int(trial_id)), cfg.objective.metric)]
+    )  # fmt: skip
+    if len(study.directions) > 1:
+        return []  # Optuna cannot prune (or take intermediate values of) multi-objective trials
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(link.study), link.number)
+    return [PruningCallback(optuna.trial.Trial(study, trial_id), cfg.objective.metric)]

@@ -138,9 +138,11 @@ def _with_driver(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with its password hidden, for logs and summaries."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        if ":" in cred:
-            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url
+    if url.startswith(JOURNAL):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show nothing of it
+        return "<storage URL>"

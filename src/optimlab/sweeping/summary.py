@@ -13,17 +13,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from optimlab.rundir import atomic_write_text
+from optimlab import objective
+from optimlab.config import overrides as ovr
+from optimlab.files import atomic_write_bytes, atomic_write_text
+from optimlab.observe.tables import render
 
 log = logging.getLogger(__name__)
 
 TRIALS_FILE = "trials.csv"
 RESULTS_FILE = "optimization_results.yaml"
 PLOTS = ("optimization_history.png", "lr_momentum.png", "param_importances.png")
-
-
-def finished(trials) -> list:
-    return [t for t in trials if t.state.is_finished()]
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -53,7 +52,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
 
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
     """``python train.py …`` that re-runs a trial as a single run."""
-    parts = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+~") not in params]
+    parts = ovr.without_keys(base_overrides, params)
     parts += [f"{k}={_fmt(v)}" for k, v in params.items()]
     return shlex.join(["python", "train.py", *parts])
 
@@ -126,7 +125,7 @@ def write_plots(study, sweep_dir: Path) -> list[Path]:
             fig.tight_layout()
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100)
-            _save_bytes(sweep_dir / name, buf.getvalue())
+            atomic_write_bytes(sweep_dir / name, buf.getvalue())
             made.append(sweep_dir / name)
         except Exception as e:  # noqa: BLE001 - a plot must never fail the sweep
             log.info("plot %s skipped: %s", name, e)
@@ -145,29 +144,21 @@ def write_plots(study, sweep_dir: Path) -> list[Path]:
     return made
 
 
-def _save_bytes(path: Path, data: bytes) -> None:
-    from optimlab.rundir import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
 def top_table(study, k: int) -> str:
     """A compact text table of the best ``k`` COMPLETE trials."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
     if not complete:
         return "no completed trial"
-    reverse = study.direction.name == "MAXIMIZE"
-    complete.sort(key=lambda t: t.value, reverse=reverse)
+    direction = study.direction.name.lower()
+    complete.sort(key=lambda t: objective.rank_key(t.value, direction))
     names = sorted({p for t in complete for p in t.params})
     header = ["#", "value", *names, "best_epoch", "run_dir"]
-    lines = [header]
-    for t in complete[:k]:
-        lines.append(
-            [str(t.number), f"{t.value:.4g}", *[_short(t.params.get(n)) for n in names],
-             str(t.user_attrs.get("best_epoch", "")), str(t.user_attrs.get("run_dir", ""))]
-        )  # fmt: skip
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
+    rows = [
+        [str(t.number), f"{t.value:.4g}", *[_short(t.params.get(n)) for n in names],
+         str(t.user_attrs.get("best_epoch", "")), str(t.user_attrs.get("run_dir", ""))]
+        for t in complete[:k]
+    ]  # fmt: skip
+    return render(header, rows)
 
 
 def _short(v: Any) -> str:

@@ -10,7 +10,6 @@ PRUNED) trials in the study in total, so running the command again completes the
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,21 +22,24 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus, configure_log
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import _convert_old_distribution_to_new_distribution
 from optuna.trial import TrialState
 
-from optimlab.errors import OptimlabError
-from optimlab.sweeping import pruning, summary
+from optimlab.config import overrides as ovr
+from optimlab.errors import OptimlabError, Pruned
+from optimlab.run.folder import RunFolder
+from optimlab.sweeping import summary, upstream
+from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
 
@@ -98,7 +100,7 @@ class Heartbeat:
             self.thread.join()
 
 
-class OptimlabSweeperImpl(OptunaSweeperImpl):
+class OptimlabSweeperImpl(Sweeper):
     def __init__(
         self,
         sampler: DictConfig,
@@ -124,9 +126,10 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         worker_index: int = 0,
         session: str | None = None,
     ) -> None:
-        super().__init__(sampler, direction, storage, study_name or "optimlab", n_trials, max(1, n_jobs),
-                         max_failure_rate, search_space, custom_search_space, params)  # fmt: skip
-        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.sampler_cfg, self.pruner_cfg, self.direction = sampler, pruner, direction
+        self.storage, self.study_name, self.n_trials, self.n_jobs = storage, study_name or "optimlab", n_trials, max(1, n_jobs)
+        self.max_failure_rate = max_failure_rate
+        self.params, self.search_space_cfg, self.custom_search_space = params, search_space, custom_search_space
         self.n_workers, self.max_failures = max(1, n_workers), max_failures
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         self.assign_gpus, self.plots, self.plot_every, self.top_k = assign_gpus, plots, plot_every, top_k
@@ -135,7 +138,10 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
     # ------------------------------------------------------------------ setup
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
         if self.direction is None:
             objective = config.get("objective")
             self.direction = str(objective.direction) if objective is not None else "minimize"
@@ -147,17 +153,18 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             cfg["seed"] = int(cfg["seed"]) + offset + 1000 * self.worker_index
         return instantiate(cfg)
 
-    def _make_pruner(self):
-        return instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner()
+    def _directions(self) -> list[str]:
+        return upstream.directions(self.direction)
 
     def _open_study(self, url: str) -> optuna.Study:
         heartbeat = self.heartbeat_interval if is_rdb(url) else None
         for attempt in range(5):  # several workers may create the tables and the study at once
             try:
                 storage = open_storage(url, heartbeat, self.grace_period, self.max_retry)
+                self.storage_obj = storage
                 return optuna.create_study(
-                    study_name=self.study_name, storage=storage, directions=self._get_directions(),
-                    sampler=optuna.samplers.RandomSampler(), pruner=self._make_pruner(), load_if_exists=True,
+                    study_name=self.study_name, storage=storage, directions=self._directions(),
+                    sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.pruner_cfg), load_if_exists=True,
                 )  # fmt: skip
             except Exception:  # noqa: BLE001
                 storage_cache.clear()
@@ -173,14 +180,7 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
     # ------------------------------------------------------------------ sweep
 
     def sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config()
-        params_conf.extend(arguments)
-        dists, fixed = create_params_from_overrides(params_conf)
-        space = dict(self.search_space_distributions or {})
-        space.update(dists)
-        for name in fixed:
-            space.pop(name, None)
+        space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
@@ -189,17 +189,14 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         study = self._open_study(self.storage_url)
         self.sampler = self._make_sampler(offset=len(study.get_trials(deepcopy=False)))
         if self._is_grid():
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
+            grid = space.grid()
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         study.sampler = self.sampler
-        # the upstream parser builds pre-3.0 distribution classes; store today's equivalents
-        # (FloatDistribution …), which Optuna's retry of dead workers' trials requires
-        space = {k: _convert_old_distribution_to_new_distribution(d) for k, d in space.items()}
         log.info(
             "Study %s in %s: %d/%d trials finished | sampler %s | pruner %s | direction %s | %s",
             study.study_name, redact(self.storage_url), self._n_done(study), self.n_trials,
-            type(self.sampler).__name__, type(study.pruner).__name__, self._get_directions()[0],
+            type(self.sampler).__name__, type(study.pruner).__name__, ", ".join(self._directions()),
             f"{self.n_workers} workers" if self.n_workers > 1 else f"worker {self.worker_index}",
         )  # fmt: skip
 
@@ -208,7 +205,7 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         owner = self.session is None  # a lone worker writes the final summary itself
         session = self.session or uuid.uuid4().hex[:8]
         try:
-            self._worker_loop(study, space, fixed, session)
+            self._worker_loop(study, space, session)
         finally:
             if owner:
                 self._finalize(study)
@@ -219,9 +216,7 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         return getattr(self.sampler, "func", None) is optuna.samplers.GridSampler
 
     def _base_overrides(self) -> list[str]:
-        parser = OverridesParser.create()
-        task = list(self.config.hydra.overrides.task)
-        return [o for o, p in zip(task, parser.parse_overrides(task)) if not p.is_sweep_override()]
+        return [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
 
     @staticmethod
     def _n_done(study) -> int:
@@ -229,7 +224,7 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
 
     # ------------------------------------------------------------------ one worker
 
-    def _worker_loop(self, study, space, fixed, session: str) -> None:
+    def _worker_loop(self, study, space: upstream.SearchSpace, session: str) -> None:
         poll = max(0.5, min(2.0, (self.heartbeat_interval or 2) / 2))
         while True:
             if self._heartbeat:
@@ -257,7 +252,7 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             batch = self._claim(study)
             if not batch:
                 continue  # another worker took the last slot: look again
-            self._run_batch(study, batch, space, fixed, session)
+            self._run_batch(study, batch, space, session)
 
     def _claim(self, study) -> list:
         """Up to ``n_jobs`` new trials, as many as the study still has room for.
@@ -271,28 +266,28 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             return [study.ask() for _ in range(min(self.n_jobs, room))]
 
     def _job_overrides(self, trial) -> list[str]:
-        env = {
-            pruning.ENV_TRIAL_ID: trial._trial_id,
-            pruning.ENV_TRIAL_NUMBER: trial.number,
-            pruning.ENV_STORAGE: self.storage_url,
-            pruning.ENV_STUDY: self.study_name,
-        }
+        link = TrialLink(storage=self.storage_url, study=self.study_name, number=trial.number)
         return [
             f"hydra.sweep.dir={quote(self.sweep_dir)}",
             f"hydra.sweep.subdir={trial_dir_name(trial.number)}",
-            *(f"++hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()),
+            *(f"++hydra.job.env_set.{k}={quote(v)}" for k, v in link.env().items()),
         ]
 
-    def _run_batch(self, study, batch, space, fixed, session: str) -> None:
+    def _trial_id(self, trial) -> int:
+        storage = self.storage_obj
+        return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), trial.number)
+
+    def _run_batch(self, study, batch, space: upstream.SearchSpace, session: str) -> None:
         host = socket.gethostname()
-        overrides = self._configure_trials(batch, space, fixed)
+        overrides = [space.configure(trial, self.config) for trial in batch]
         for trial in batch:
             trial.set_user_attr("session", session)
             trial.set_user_attr("host", host)
             trial.set_user_attr("worker", self.worker_index)
             trial.set_user_attr("run_dir", str(self.sweep_dir / trial_dir_name(trial.number)))
         jobs = [[*o, *self._job_overrides(t)] for o, t in zip(overrides, batch)]
-        with Heartbeat(study._storage, [t._trial_id for t in batch], self.heartbeat_interval if self._heartbeat else None):
+        beat = self.heartbeat_interval if self._heartbeat else None
+        with Heartbeat(self.storage_obj, [self._trial_id(t) for t in batch] if beat else [], beat):
             try:
                 returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
             except BaseException as e:
@@ -309,27 +304,42 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
             summary.write_plots(study, self.sweep_dir)
 
     def _tell(self, study, trial, ret) -> None:
-        run = self._read_summary(trial.number)
+        run = RunFolder(self.sweep_dir / trial_dir_name(trial.number), create=False).summary()
         if run:
             trial.set_user_attr("status", run.get("status"))
             trial.set_user_attr("epochs", run.get("epochs_completed"))
             trial.set_user_attr("best_epoch", (run.get("objective") or {}).get("best_epoch"))
-        if ret.status == JobStatus.COMPLETED:
+        if ret.status != JobStatus.COMPLETED:
             try:
-                value = float(ret.return_value)
-            except (TypeError, ValueError):
-                return self._fail(study, trial, f"the run returned {ret.return_value!r}, not a number")
-            if not math.isfinite(value):
-                return self._fail(study, trial, f"objective is {value}")
-            self._tell_safely(study, trial, TrialState.COMPLETE, [value])
-            log.info("trial %d COMPLETE: %.6g  %s", trial.number, value, dict(trial.params))
-            return
-        error = ret._return_value
-        if type(error).__name__ == "TrialPruned":
-            self._tell_safely(study, trial, TrialState.PRUNED, None)
-            log.info("trial %d PRUNED: %s", trial.number, error)
-            return
-        self._fail(study, trial, f"{type(error).__name__}: {error}")
+                ret.return_value  # re-raises the job's exception
+            except Pruned as e:
+                self._tell_safely(study, trial, TrialState.PRUNED, None)
+                log.info("trial %d PRUNED: %s", trial.number, e)
+                return
+            except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
+                return self._fail(study, trial, f"{type(e).__name__}: {e}")
+        values, problem = self._values(ret.return_value)
+        if problem:
+            return self._fail(study, trial, problem)
+        self._tell_safely(study, trial, TrialState.COMPLETE, values)
+        shown = values[0] if len(values) == 1 else values
+        log.info("trial %d COMPLETE: %s  %s", trial.number, shown, dict(trial.params))
+
+    def _values(self, returned: Any) -> tuple[list[float], str | None]:
+        """The objective value(s) a job returned, one per direction; or why they are unusable."""
+        n = len(self._directions())
+        iterable = isinstance(returned, Iterable) and not isinstance(returned, (str, bytes))
+        items = list(returned) if iterable else [returned]
+        try:
+            values = [float(v) for v in items]
+        except (TypeError, ValueError):
+            return [], f"the run returned {returned!r}, not {'a number' if n == 1 else f'{n} numbers'}"
+        if len(values) != n:
+            return [], f"the run returned {len(values)} value(s) for {n} direction(s): {returned!r}"
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            return [], f"objective is {bad[0] if n == 1 else values}"
+        return values, None
 
     def _fail(self, study, trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason[:1000])
@@ -343,13 +353,6 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         except RuntimeError as e:  # GridSampler stops the study when the grid is exhausted
             if "Study.stop" not in str(e):
                 raise
-
-    def _read_summary(self, number: int) -> dict | None:
-        path = self.sweep_dir / trial_dir_name(number) / "summary.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
 
     def _check_failures(self, trials, session: str) -> None:
         mine = [t for t in trials if t.user_attrs.get("session") == session and t.state.is_finished()]
@@ -379,14 +382,15 @@ class OptimlabSweeperImpl(OptunaSweeperImpl):
         return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
     def _worker_command(self, index: int, session: str) -> list[str]:
-        keep = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in WORKER_KEYS]
+        # the command's own overrides (Hydra's flags such as -m pass through), minus the worker's
+        keep = [a for a in sys.argv[1:] if a.startswith("-") or ovr.key_of(a) not in WORKER_KEYS]
         extra = [
             f"hydra.sweep.dir={quote(self.sweep_dir)}",
             f"hydra.sweeper.storage={quote(self.storage_url)}",
             f"hydra.sweeper.study_name={quote(self.study_name)}",
             "hydra.sweeper.n_workers=1",
             f"hydra.sweeper.worker_index={index}",
-            f"hydra.sweeper.session={session}",
+            f"hydra.sweeper.session={quote(session)}",  # 8e771234 would parse as a float
         ]
         return [sys.executable, sys.argv[0], *keep, *extra]
 

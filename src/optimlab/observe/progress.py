@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from optimlab.training import EpochResult, TrainState
+from optimlab.engine.training import EpochResult, TrainState
 
 log = logging.getLogger(__name__)
 

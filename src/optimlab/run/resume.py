@@ -17,35 +17,23 @@ scheduler does not depend on it); anything else is a :class:`ConfigError` naming
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from optimlab.config import overrides as ovr
 from optimlab.errors import CheckpointError, ConfigError
-from optimlab.rundir import load_checkpoint
-from optimlab.training import EpochResult, TrainState
+from optimlab.run.folder import Checkpoint, RunFolder
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between the saved run and the resumed one: they change how far
 # a run goes or what it prints, never the numbers of the epochs already trained.
 HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "plots", "checkpoint.every")
-
-# Fault injection for tests and drills: "E" or "E:S" makes the process SIGKILL itself
-# just before training step S (default 0) of epoch E (1-based). "3" = right after epoch
-# 2 ended and was checkpointed; "3:5" = in the middle of epoch 3.
-KILL_ENV = "OPTIMLAB_KILL_AT"
 
 
 @dataclass
@@ -54,12 +42,12 @@ class Resume:
 
     source: Path
     config: DictConfig
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
     changed: dict[str, tuple[Any, Any]]  # harmless key -> (saved, now)
 
     @property
     def epoch(self) -> int:
-        return int(self.checkpoint["epoch"])
+        return self.checkpoint.epoch
 
     def info(self) -> dict[str, Any]:
         """What summary.json records under ``resumed_from``."""
@@ -68,41 +56,6 @@ class Resume:
             "epoch": self.epoch,
             "changed": {k: {"saved": a, "now": b} for k, (a, b) in self.changed.items()},
         }
-
-    def restore(self, state: TrainState) -> None:
-        """Load every saved state into freshly built objects (the RNGs last)."""
-        ckpt = self.checkpoint
-        try:
-            state.model.load_state_dict(ckpt["model"])
-            state.optimizer.load_state_dict(ckpt["optimizer"])
-            state.scheduler.load_state_dict(ckpt["scheduler"])
-            state.scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"{self.source / 'checkpoint.pt'} does not fit the run's config ({type(e).__name__}: {e})"
-            ) from e
-        state.epoch = self.epoch
-        state.history = [EpochResult(**row) for row in ckpt["history"]]
-        set_rng_states(ckpt["rng"])
-
-    def begin(self, folder, writer, state: TrainState) -> None:
-        """Give the new run folder the restored history and a checkpoint at once, so it
-        is resumable itself even if killed before its next checkpoint."""
-        folder.write_metrics([r.as_row() for r in state.history])
-        writer.save(state)
-        target = self.config.epochs
-        if state.epoch >= target:
-            log.info("resume: %s already completed %d/%d epochs; nothing to train", self.source, state.epoch, target)
-        else:
-            log.info("resume: continuing %s from epoch %d/%d", self.source, state.epoch, target)
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 # --------------------------------------------------------------------------- config
@@ -122,13 +75,6 @@ def is_harmless(key: str) -> bool:
     return any(key == h or key.startswith(h + ".") for h in HARMLESS_KEYS)
 
 
-def saved_config(ckpt: dict[str, Any]) -> DictConfig:
-    """The config the checkpoint was trained with, with its interpolations when saved."""
-    if ckpt.get("config_yaml"):
-        return OmegaConf.create(ckpt["config_yaml"])
-    return OmegaConf.create(ckpt["config"])
-
-
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -139,9 +85,9 @@ def effective_config(saved: DictConfig, composed: DictConfig, overrides: list[st
     lacks (knobs added to optimlab since it was written)."""
     cfg = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
     OmegaConf.set_struct(cfg, False)
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in ovr.parse(overrides):
         key = override.key_or_group
-        if key == "resume" or key.startswith("hydra.") or key.startswith("hydra/"):
+        if key == "resume" or ovr.is_hydra(key):
             continue
         if override.is_delete():
             parent, _, leaf = key.rpartition(".")
@@ -182,16 +128,17 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
     (overrides that change more than :data:`HARMLESS_KEYS`).
     """
     source = Path(to_absolute_path(str(cfg.resume)))
-    ckpt = load_checkpoint(source)
-    saved = saved_config(ckpt)
-    saved_resolved = ckpt["config"]
+    folder = RunFolder(source, create=False)
+    ckpt = folder.load_checkpoint()
+    saved = ckpt.config()
+    saved_resolved = ckpt.resolved_config
     try:
         consistent = _resolved(saved) == saved_resolved
     except Exception:  # an interpolation that only resolves inside its original run
         consistent = True
     if not consistent:
-        raise CheckpointError(f"{source / 'checkpoint.pt'} is inconsistent: its two copies of the config differ")
-    _check_belongs(source, saved_resolved)
+        raise CheckpointError(f"{ckpt.path} is inconsistent: its two copies of the config differ")
+    _check_belongs(folder, ckpt)
 
     effective = effective_config(saved, cfg, overrides)
     try:
@@ -206,52 +153,28 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
             f"numbers: {_describe(forbidden)}. Only {', '.join(HARMLESS_KEYS)} may change on resume "
             f"(start a new run to change anything else)"
         )
-    if effective.epochs < ckpt["epoch"]:
-        raise ConfigError(
-            f"epochs={effective.epochs} is not valid on resume: the run already completed {ckpt['epoch']} epochs"
-        )
+    if effective.epochs < ckpt.epoch:
+        raise ConfigError(f"epochs={effective.epochs} is not valid on resume: the run already completed {ckpt.epoch} epochs")
     changed = {k: v for k, v in diffs.items() if k != "resume"}
     return Resume(source=source, config=effective, checkpoint=ckpt, changed=changed)
 
 
-def _check_belongs(source: Path, saved_resolved: dict[str, Any]) -> None:
+def _check_belongs(folder: RunFolder, ckpt: Checkpoint) -> None:
     """The checkpoint must be this folder's own: compare it with ``.hydra/config.yaml``
     (only for folders that were not themselves resumed: those keep Hydra's config of the
     resume command there)."""
-    hydra_cfg = source / ".hydra" / "config.yaml"
-    summary = source / "summary.json"
-    if not hydra_cfg.is_file():
-        return
     try:
-        if summary.is_file() and json.loads(summary.read_text()).get("resumed_from"):
+        if folder.summary().get("resumed_from"):
             return
-        folder_cfg = _resolved(OmegaConf.load(hydra_cfg))
-    except Exception:  # unreadable summary, or interpolations that need the original run
+        hydra_cfg = folder.hydra_config()
+        if hydra_cfg is None:
+            return
+        folder_cfg = _resolved(hydra_cfg)
+    except Exception:  # noqa: BLE001 - unreadable, or interpolations that need the original run
         return
-    diffs = {k: v for k, v in config_differences(folder_cfg, saved_resolved).items() if k != "resume"}
+    diffs = {k: v for k, v in config_differences(folder_cfg, ckpt.resolved_config).items() if k != "resume"}
     if diffs:
         raise CheckpointError(
-            f"{source / 'checkpoint.pt'} does not belong to this run folder: its config differs from "
-            f"{hydra_cfg} in " + "; ".join(f"{k}: folder {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
+            f"{ckpt.path} does not belong to this run folder: its config differs from "
+            f"{folder.hydra_file('config.yaml')} in " + "; ".join(f"{k}: folder {a!r}, checkpoint {b!r}" for k, (a, b) in diffs.items())
         )
-
-
-# --------------------------------------------------------------------------- fault injection
-
-
-def arm_kill_switch(data) -> None:
-    """If ``OPTIMLAB_KILL_AT`` is set, SIGKILL this process at that point of training."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    epoch_s, _, step_s = spec.partition(":")
-    kill_epoch, kill_step = int(epoch_s), int(step_s or 0)
-    batches = data.train_batches
-
-    def train_batches(batch_size: int, seed: int, epoch: int):
-        for step, batch in enumerate(batches(batch_size, seed, epoch)):
-            if epoch + 1 == kill_epoch and step == kill_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield batch
-
-    data.train_batches = train_batches

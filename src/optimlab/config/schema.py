@@ -1,10 +1,9 @@
 """optimlab's config schema: types, ranges and docs of every key, checked before any training.
 
-Each section is a dataclass registered in Hydra's ConfigStore (``optimlab_schema``,
-``optimlab_schema_<group>``), so ``OmegaConf.structured`` gives a typed template of it.
-The composed config is *not* merged into these dataclasses at composition time: keys that
-other parts of optimlab add stay legal, and a mistake gets optimlab's own message, which
-names the key, the value and what is allowed, instead of OmegaConf's validation wall.
+Each section is a dataclass. The composed config is *not* merged into these dataclasses
+at composition time: keys that other parts of optimlab add stay legal, and a mistake gets
+optimlab's own message (:mod:`optimlab.config.checks`), which names the key, the value and
+what is allowed, instead of OmegaConf's validation wall.
 
 A field's ``metadata["rule"]`` is ``(allowed, predicate)``: the value is valid when
 ``predicate(value)`` is true; ``allowed`` completes "is not valid: must be ...".
@@ -17,14 +16,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERVALS = ("epoch", "batch", "metric")
 OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_loss")
 DIRECTIONS = ("maximize", "minimize")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("val_loss", "val_acc")
+PLACEMENTS = ("auto", "device", "host")
 
 
 def _finite(v) -> bool:
@@ -156,47 +154,21 @@ class ConfigSchema:
     channels_last: bool = True
     compile: bool = False
     eval_batch_size: int = field(default=1024, metadata=AT_LEAST_1)
+    data_placement: str = field(default="auto", metadata=one_of(*PLACEMENTS))
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     resume: Optional[str] = None
     quiet: bool = False
     tensorboard: bool = True
+    plots: bool = True
     device: DeviceSchema = field(default_factory=DeviceSchema)
     data: DataSchema = field(default_factory=DataSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
 
 
-# The smallest input side each model accepts (pooling must leave >= 1 pixel), by class name.
-def _fastnet_min(model_cfg) -> int:
-    widths = model_cfg.get("widths") or [None]
-    return 2 ** len(widths)
-
-
-MODEL_MIN_IMAGE_SIZE = {
-    "TuduiCNN": lambda m: 8,  # three 2×2 max-pools
-    "LeNet": lambda m: 16,  # two unpadded 5×5 convs + two 2×2 max-pools
-    "ReluCNN": lambda m: 4,  # two 2×2 max-pools
-    "FastNet": _fastnet_min,  # one 2×2 max-pool per width
-}
-
 # Fixed facts of the on-disk datasets.
 DATASET_FACTS = {
     "cifar10": {"channels": 3, "image_size": 32, "classes": 10, "train_pool": 50000},
     "digits": {"classes": 10, "pool": 1797},
 }
-
-
-def register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="optimlab_schema", node=ConfigSchema)
-    for group, node in (
-        ("data", DataSchema),
-        ("device", DeviceSchema),
-        ("optimizer", OptimizerSchema),
-        ("scheduler", SchedulerSchema),
-    ):
-        cs.store(name=f"optimlab_schema_{group}", node=node)
-
-
-register()

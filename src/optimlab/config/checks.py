@@ -1,34 +1,25 @@
-"""Config checks that run before any training, and optimlab's OmegaConf resolvers.
+"""The config checks: every key's type and range, and the rules between keys.
 
-:func:`validate` walks the schema in :mod:`optimlab.schema` (types and ranges of every
-key), then checks what depends on several keys (image size vs. model, batch size vs.
-training split, scheduler vs. its interval, ...). The first problem raises a
-:class:`~optimlab.errors.ConfigError` whose one-line message names the key, the value
-and what is allowed. No torch here: this runs before anything heavy is imported.
+:func:`validate` walks the schema in :mod:`optimlab.config.schema`, then checks what
+depends on several keys (image size vs. model, batch size vs. training split, scheduler
+vs. its interval, ...). The first problem raises a :class:`~optimlab.errors.ConfigError`
+whose one-line message names the key, the value and what is allowed. Type and range
+mistakes are found before torch is imported; only the model check (does the model take
+these images?) imports it, and asks the model itself, on torch's meta device.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import math
 import typing
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from optimlab import schema
+from optimlab.config import schema
 from optimlab.errors import ConfigError
-from optimlab.schema import DIRECTIONS, INTERVALS, OBJECTIVE_METRICS, PRECISIONS  # noqa: F401  (re-exported)
-
-
-def register_resolvers() -> None:
-    # Like Hydra's `now`, cached per config: a run folder's name is fixed once chosen.
-    if not OmegaConf.has_resolver("optimlab.uid"):
-        OmegaConf.register_new_resolver("optimlab.uid", lambda: secrets.token_hex(3), use_cache=True)
-
-
-register_resolvers()
 
 _MISSING = object()
 
@@ -138,32 +129,85 @@ def _check_data(cfg: DictConfig) -> None:
     if pad >= data.image_size:
         raise _fail("data.augment.crop_padding", pad, f"must be < data.image_size ({data.image_size})")
 
-    model = cfg.get("model")
-    cls = _class_name(model)
-    if cls in schema.MODEL_MIN_IMAGE_SIZE:
-        smallest = schema.MODEL_MIN_IMAGE_SIZE[cls](model)
-        if data.image_size < smallest:
-            raise _fail("data.image_size", data.image_size, f"must be >= {smallest} for model {cls}")
 
-    # The training split's size, known without loading anything.
+def training_split_size(cfg: DictConfig) -> int | None:
+    """The training split's size, known from the config without loading anything (None: unknown)."""
+    data = cfg.data
+    name = data.name
+    facts = schema.DATASET_FACTS.get(name, {})
     if name == "synthetic":
-        n_train = data.get("train_size")
-    elif name == "digits":
+        return data.get("train_size")
+    if name == "digits":
         held = data.test_size + data.val_size
         if held >= facts["pool"]:
             raise _fail(
                 "data.val_size", data.val_size,
                 f"data.test_size + data.val_size must be < {facts['pool']} (digits has {facts['pool']} images)",
             )  # fmt: skip
-        n_train = facts["pool"] - held
-    elif name == "cifar10":
+        return facts["pool"] - held
+    if name == "cifar10":
         if data.val_size >= facts["train_pool"]:
             raise _fail("data.val_size", data.val_size, f"must be < {facts['train_pool']} (CIFAR-10's training images)")
-        n_train = facts["train_pool"] - data.val_size
-    else:
-        n_train = None
-    if n_train is not None and cfg.batch_size > n_train:
-        raise _fail("batch_size", cfg.batch_size, f"must be <= the training split's size ({n_train} images for data={name})")
+        return facts["train_pool"] - data.val_size
+    return None
+
+
+def check_training_size(cfg: DictConfig, n_train: int) -> None:
+    """The rules that need the training split's size: the batch size, OneCycle's warm-up.
+
+    :func:`validate` applies them when the config tells the size; a run whose dataset
+    must be loaded first applies them right after loading (before any training)."""
+    if cfg.batch_size > n_train:
+        raise _fail("batch_size", cfg.batch_size, f"must be <= the training split's size ({n_train} images for data={cfg.data.name})")
+    sch = cfg.scheduler
+    if _class_name(sch) == "OneCycleLR":
+        steps = sch.get("steps_per_epoch") or math.ceil(n_train / cfg.batch_size)
+        pct = sch.get("pct_start", 0.3)
+        if pct * sch.epochs * steps < 2:  # torch divides by zero on shorter warm-ups
+            raise ConfigError(
+                f"scheduler=onecycle needs a warm-up of at least 2 steps, but pct_start={pct} of "
+                f"{sch.epochs * steps} steps (epochs x steps_per_epoch) is less: train longer, use a "
+                f"smaller batch_size or a larger scheduler.pct_start"
+            )
+
+
+def _model_fits(model_cfg: DictConfig, channels: int, size: int) -> str | None:
+    """Why the model cannot take ``channels``×``size``×``size`` images (None: it can).
+
+    Asks the model itself: it is built and run on torch's meta device (shapes only, no
+    memory, no arithmetic), so any model, the user's own included, is judged by its layers.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    shape = {k: v for k, v in (("in_channels", channels), ("image_size", size)) if k in model_cfg}
+    with torch.device("meta"):
+        try:
+            model = instantiate(OmegaConf.merge(model_cfg, shape))
+            model(torch.empty(2, channels, size, size))  # 2: BatchNorm needs more than one value
+        except NotImplementedError:  # an op without a meta kernel: cannot tell, let training tell
+            return None
+        except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
+            return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def _check_model(cfg: DictConfig) -> None:
+    model, data = cfg.model, cfg.data
+    try:
+        why = _model_fits(model, data.channels, data.image_size)
+    except ImportError as e:
+        raise _fail("model._target_", model.get("_target_"), f"must be an importable model class ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a model that cannot be built is the user's to fix
+        raise _fail("model._target_", model.get("_target_"), f"could not be built: {type(e).__name__}: {e}") from None
+    if why is None:
+        return
+    cls = _class_name(model)
+    fits = [s for s in range(1, 257) if _model_fits(model, data.channels, s) is None]
+    smallest = fits[0] if fits else None
+    if smallest is not None and smallest > data.image_size:
+        raise _fail("data.image_size", data.image_size, f"must be >= {smallest} for model {cls}")
+    raise _fail("data.image_size", data.image_size, f"model {cls} cannot take {data.channels}×{data.image_size}×{data.image_size} images ({why})")
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
@@ -194,6 +238,8 @@ def _check_scheduler(cfg: DictConfig) -> None:
             raise _fail("scheduler.factor", factor, "must be in (0, 1]")
     if cls == "OneCycleLR" and interval != "batch":
         raise _fail("scheduler.interval", interval, "must be 'batch' for OneCycleLR (it is stepped every batch)")
+    if cls == "OneCycleLR" and sch.get("epochs", cfg.epochs) < cfg.epochs:
+        raise _fail("scheduler.epochs", sch.get("epochs"), f"must be >= epochs ({cfg.epochs}): OneCycleLR cannot step past its cycle")
 
 
 def _check_objective(cfg: DictConfig) -> None:
@@ -208,110 +254,16 @@ def validate(cfg: DictConfig) -> None:
     _check_section(cfg, schema.ConfigSchema, "")
     try:
         _check_objective(cfg)
-        if "data" in cfg:
-            _check_data(cfg)
         if "optimizer" in cfg:
             _check_optimizer(cfg)
         if "scheduler" in cfg:
             _check_scheduler(cfg)
+        if "data" in cfg:
+            _check_data(cfg)
+            n_train = training_split_size(cfg)
+            if n_train is not None and "scheduler" in cfg:
+                check_training_size(cfg, n_train)
+            if "model" in cfg:
+                _check_model(cfg)
     except OmegaConfBaseException as e:  # a key a check needs is missing or unresolvable
         raise ConfigError(f"invalid config: {str(e).splitlines()[0]}") from None
-
-
-
-# --------------------------------------------------------------------------- "did you mean"
-
-
-def closest(word: str, candidates) -> str | None:
-    """The candidate that ``word`` most likely misspells, if any is close enough."""
-    import difflib
-
-    found = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def suggest_overrides(args: list[str], config_dir: str, config_name: str = "config") -> list[str]:
-    """"did you mean ..." lines for command-line overrides that name an unknown group option,
-    group or key, judged against the config as Hydra composes it. Runs after Hydra has
-    rejected the command line, so it never slows a good one."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-
-    parser = OverridesParser.create()
-    overrides = []
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
-            continue  # Hydra's flags (--cfg job, -m, ...)
-        try:
-            overrides.extend(parser.parse_overrides([arg]))
-        except Exception:
-            continue  # unparsable: Hydra's own message says where
-    if not overrides:
-        return []
-
-    GlobalHydra.instance().clear()
-    lines: list[str] = []
-    with initialize_config_dir(version_base="1.3", config_dir=config_dir):
-        loader = GlobalHydra.instance().config_loader()
-
-        def groups_under(parent: str) -> list[str]:
-            return list(loader.list_groups(parent))
-
-        def is_group(name: str) -> bool:
-            parent, _, leaf = name.rpartition("/")
-            return leaf in groups_under(parent)
-
-        good_choices = []
-        keys = []
-        for o in overrides:
-            name = o.key_or_group
-            if o.is_delete() or o.is_add() or o.is_force_add():
-                continue
-            if is_group(name):
-                options = loader.get_group_options(name)
-                value = o.value()
-                values = value.list if isinstance(value, ChoiceSweep) else [value]
-                bad = [v for v in values if isinstance(v, str) and v not in options]
-                for v in bad:
-                    match = closest(v, options)
-                    if match:
-                        lines.append(f"did you mean {name}={match}?")
-                if not bad and not isinstance(value, ChoiceSweep):
-                    good_choices.append(o.input_line)
-            elif "/" in name:
-                parent, _, leaf = name.rpartition("/")
-                match = closest(leaf, groups_under(parent))
-                if match:
-                    lines.append(f"did you mean {parent + '/' if parent else ''}{match}=...? (a config group)")
-            else:
-                keys.append(o)
-        if keys:
-            try:
-                cfg = compose(config_name, overrides=good_choices, return_hydra_config=True)
-            except Exception:
-                return lines
-            for o in keys:
-                suggestion = _suggest_key(cfg, o.key_or_group, groups_under(""))
-                if suggestion:
-                    lines.append(f"did you mean {suggestion}={o.get_value_element_as_str()}?")
-    GlobalHydra.instance().clear()
-    return lines
-
-
-def _suggest_key(cfg: DictConfig, key: str, top_groups: list[str]) -> str | None:
-    """The closest existing dotted key to ``key``, fixing the first part that does not exist."""
-    parts = key.split(".")
-    node: Any = cfg
-    for i, part in enumerate(parts):
-        if isinstance(node, DictConfig) and part in node:
-            node = node._get_node(part)
-            node = node if isinstance(node, DictConfig) else None
-            continue
-        if not isinstance(node, DictConfig):
-            return None
-        candidates = list(node.keys()) + (top_groups if i == 0 else [])
-        match = closest(part, candidates)
-        return ".".join([*parts[:i], match, *parts[i + 1 :]]) if match else None
-    return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import pickle
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimlab.errors import ConfigError, DataError
+from optimlab.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,16 @@ class Splits:
     test: Split
 
 
-def load(cfg) -> Splits:
-    """Load the dataset named by ``cfg.name`` (a ``data`` config group entry)."""
+def load(data: dict) -> Splits:
+    """Load the dataset a ``data`` config entry (as a plain dict) names; each loader takes
+    the keys its signature declares."""
+    import inspect
+
     loaders = {"cifar10": load_cifar10, "digits": load_digits, "synthetic": make_synthetic}
-    if cfg.name not in loaders:
-        raise DataError(f"data.name={cfg.name!r} is not a known dataset; choose one of {sorted(loaders)}")
-    return loaders[cfg.name](cfg)
+    if data["name"] not in loaders:
+        raise DataError(f"data.name={data['name']!r} is not a known dataset; choose one of {sorted(loaders)}")
+    loader = loaders[data["name"]]
+    return loader(**{k: data[k] for k in inspect.signature(loader).parameters if k in data})
 
 
 def _split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
@@ -103,13 +107,13 @@ def _download_cifar10(root: Path) -> None:
         socket.setdefaulttimeout(old_timeout)
 
 
-def load_cifar10(cfg) -> Splits:
-    root = Path(cfg.root).expanduser()
+def load_cifar10(root: str, download: bool, val_size: int, split_seed: int) -> Splits:
+    root = Path(root).expanduser()
     folder = root / CIFAR10_FOLDER
     files = [folder / f for f in [*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE]]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        if not cfg.download:
+        if not download:
             raise DataError(
                 f"CIFAR-10 is not in {folder} (missing: {', '.join(missing)}) and data.download=false. "
                 f"Put the extracted python version of CIFAR-10 there, set data.download=true when online, "
@@ -119,24 +123,24 @@ def load_cifar10(cfg) -> Splits:
     parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN_FILES]
     train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     test = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
-    train, val = _split_off(train, cfg.val_size, cfg.split_seed)
+    train, val = _split_off(train, val_size, split_seed)
     return Splits(train, val, test)
 
 
 # --------------------------------------------------------------------------- digits
 
 
-def load_digits(cfg) -> Splits:
+def load_digits(channels: int, image_size: int, test_size: int, val_size: int, split_seed: int) -> Splits:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
-    if cfg.image_size != 8:
-        x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
-    x = x.repeat(1, cfg.channels, 1, 1)
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = x.repeat(1, channels, 1, 1)
     full = Split((x * 255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(bunch.target).long())
-    rest, test = _split_off(full, cfg.test_size, cfg.split_seed)
-    train, val = _split_off(rest, cfg.val_size, cfg.split_seed + 1)
+    rest, test = _split_off(full, test_size, split_seed)
+    train, val = _split_off(rest, val_size, split_seed + 1)
     return Splits(train, val, test)
 
 
@@ -146,10 +150,13 @@ def load_digits(cfg) -> Splits:
 SYNTHETIC_CHUNK = 4096
 
 
-def make_synthetic(cfg) -> Splits:
+def make_synthetic(
+    channels: int, image_size: int, num_classes: int, train_size: int, val_size: int, test_size: int,
+    noise: float, split_seed: int,
+) -> Splits:
     """Class prototypes (smooth random images) plus Gaussian noise, all from ``split_seed``."""
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    c, s, k = cfg.channels, cfg.image_size, cfg.num_classes
+    g = torch.Generator().manual_seed(split_seed)
+    c, s, k = channels, image_size, num_classes
     coarse = torch.randn(k, c, 4, 4, generator=g)
     protos = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
     protos = protos / protos.flatten(1).std(dim=1).view(k, 1, 1, 1)
@@ -159,11 +166,11 @@ def make_synthetic(cfg) -> Splits:
         x = torch.empty(n, c, s, s, dtype=torch.uint8)
         for i in range(0, n, SYNTHETIC_CHUNK):  # float temporaries stay small (peak RSS)
             j = min(i + SYNTHETIC_CHUNK, n)
-            xf = protos[y[i:j]] + cfg.noise * torch.randn(j - i, c, s, s, generator=g)
+            xf = protos[y[i:j]] + noise * torch.randn(j - i, c, s, s, generator=g)
             x[i:j] = (128 + 40 * xf).round().clamp(0, 255).to(torch.uint8)
         return Split(x, y)
 
-    return Splits(sample(cfg.train_size), sample(cfg.val_size), sample(cfg.test_size))
+    return Splits(sample(train_size), sample(val_size), sample(test_size))
 
 
 # --------------------------------------------------------------------------- on-device batches
@@ -175,24 +182,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Random crops of a batch after reflect padding: one gather, no Python per sample."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
-
-
-def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     """Indices outside [0, n) mirrored back in, as reflect padding does."""
     i = i.abs()
@@ -202,9 +191,10 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
 def crop_and_flip(
     x: torch.Tensor, padding: int, flip: bool, g: torch.Generator, channels_last: bool = False
 ) -> torch.Tensor:
-    """``random_flip(random_crop(x, padding, g), g)`` as ONE gather straight from ``x``.
+    """Random crops after reflect padding, then random horizontal flips, as ONE gather
+    straight from ``x`` (the draws: crop offsets dy, dx, then the flips, from ``g``).
 
-    The same random draws in the same order, so the same result; but no padded copy,
+    No padded copy,
     any dtype (crop the uint8 images, then normalise only what is kept), and with
     ``channels_last`` the gather writes that layout directly (no conversion copy).
     """
@@ -227,7 +217,6 @@ def crop_and_flip(
              cols[:, None, None, :]]  # fmt: skip
 
 
-PLACEMENTS = ("auto", "device", "host")
 DEVICE_MEMORY_SHARE = 0.5  # `auto` keeps data on a GPU only if it takes at most this share of free memory
 
 
@@ -260,14 +249,24 @@ class DeviceData:
 
     ``placement``: ``device`` keeps the uint8 splits on the device; ``host`` streams each
     batch from (pinned) host memory; ``auto`` picks ``device`` when the data fits
-    (:func:`fits_on_device`). The batches are the same either way.
+    (:func:`fits_on_device`). The batches are the same either way. ``mean``/``std`` of
+    None: the training split's per-channel statistics.
     """
 
     def __init__(
-        self, splits: Splits, cfg, device: torch.device, channels_last: bool = False, placement: str = "device"
+        self,
+        splits: Splits,
+        device: torch.device,
+        *,
+        normalize: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        shuffle: bool = True,
+        channels_last: bool = False,
+        placement: str = "auto",
     ):
-        if placement not in PLACEMENTS:
-            raise ConfigError(f"data_placement={placement!r} is not valid: choose one of {', '.join(PLACEMENTS)}")
         self.device = device
         self.streaming = placement == "host" or (placement == "auto" and not fits_on_device(splits, device))
         if self.streaming:
@@ -277,8 +276,7 @@ class DeviceData:
             Split(s.x.to(store), s.y.to(store)) for s in (splits.train, splits.val, splits.test)
         )
         c = self.train.x.shape[1]
-        if cfg.normalize:
-            mean, std = cfg.get("mean"), cfg.get("std")
+        if normalize:
             if mean is None or std is None:
                 stats_mean, stats_std = channel_stats(splits.train.x)
             mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else stats_mean
@@ -288,9 +286,9 @@ class DeviceData:
         # x_norm = (x/255 - mean) / std, folded into one multiply-add
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
-        self.crop_padding = int(cfg.augment.crop_padding)
-        self.flip = bool(cfg.augment.flip)
-        self.shuffle = bool(cfg.shuffle)
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+        self.shuffle = bool(shuffle)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ from typing import Any
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from optimlab.config import closest, validate
+from optimlab.config.checks import validate
+from optimlab.config.hints import closest
 from optimlab.errors import ConfigError
 
 try:  # Hydra >= 1.1

@@ -6,34 +6,16 @@ lazily, since it takes a second or two to import.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optimlab.rundir import atomic_write_bytes
-from optimlab.training import EpochResult, TrainState
+from optimlab.engine.training import EpochResult, TrainState
+from optimlab.files import atomic_write_bytes
 
 CURVES_FILE = "curves.png"
-FIELDS = ["epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_s"]
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as floats; [] for a missing file; torn or odd rows are skipped."""
-    try:
-        with open(path, newline="") as f:
-            raw = list(csv.DictReader(f))
-    except (OSError, csv.Error):
-        return []
-    rows = []
-    for row in raw:
-        try:
-            rows.append({k: float(row[k]) for k in FIELDS if row.get(k) not in (None, "")})
-        except ValueError:
-            continue
-    return [r for r in rows if "epoch" in r]
 
 
 def _figure(width: float, height: float, ncols: int):
@@ -150,22 +132,6 @@ def plot_comparison(
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, Path(path))
-
-
-def curves_title(cfg) -> str:
-    """``TuduiCNN · SGD lr=0.01 momentum=0.9 · StepLR · cifar10 · bs 64``"""
-
-    def short(group: str) -> str:
-        return str(cfg[group]._target_).rsplit(".", 1)[-1]
-
-    opt = short("optimizer")
-    knobs = f"lr={cfg.lr:g}"
-    momentum = cfg.optimizer.get("momentum") or (cfg.optimizer.get("betas") or [None])[0]
-    if momentum:
-        knobs += f" momentum={float(momentum):g}"
-    if cfg.weight_decay:
-        knobs += f" wd={cfg.weight_decay:g}"
-    return f"{short('model')} · {opt} {knobs} · {short('scheduler')} · {cfg.data.name} · bs {cfg.batch_size}"
 
 
 class CurvesPlotter:

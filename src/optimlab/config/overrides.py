@@ -1,0 +1,45 @@
+"""Command-line overrides read with Hydra's own parser (never split by hand)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
+
+def parse(lines: Iterable[str]) -> list[Override]:
+    """Hydra's parse of each override; a line Hydra cannot parse is skipped."""
+    parser = OverridesParser.create()
+    found = []
+    for line in lines:
+        try:
+            found.extend(parser.parse_overrides([str(line)]))
+        except Exception:  # noqa: BLE001 - Hydra itself reports unparsable lines
+            continue
+    return found
+
+
+def key_of(line: str) -> str:
+    """``+a.b=1`` → ``a.b``; ``optimizer=adam`` → ``optimizer``; a bad line → its text before ``=``."""
+    parsed = parse([line])
+    return parsed[0].key_or_group if parsed else str(line).split("=", 1)[0].lstrip("+~")
+
+
+def is_hydra(key: str) -> bool:
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def job_values(lines: Iterable[str]) -> dict[str, str]:
+    """``{key: value as typed}`` of the overrides that set a job key (not Hydra's, not deletions)."""
+    return {
+        o.key_or_group: o.get_value_element_as_str()
+        for o in parse(lines)
+        if not is_hydra(o.key_or_group) and not o.is_delete()
+    }
+
+
+def without_keys(lines: Iterable[str], keys: Iterable[str]) -> list[str]:
+    """The override lines whose key is not in ``keys``."""
+    drop = set(keys)
+    return [line for line in lines if key_of(line) not in drop]

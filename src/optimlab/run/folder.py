@@ -1,0 +1,268 @@
+"""A run folder: the ONLY module that reads or writes ``metrics.csv``, ``summary.json`` and
+``checkpoint.pt``, and the one that knows which config a run trained with.
+
+Every file is written atomically (temp file + rename), so a run killed at any moment
+leaves either the previous version of a file or the new one, never half of one.
+Reading is forgiving where a folder may be half-written (a report of a live sweep) and
+strict where a wrong answer would cost a user their results (a checkpoint to resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from optimlab.engine.training import METRIC_COLUMNS, EpochResult
+from optimlab.errors import CheckpointError
+from optimlab.files import atomic_write_text
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+HYDRA_DIR = ".hydra"
+# any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
+MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{HYDRA_DIR}/overrides.yaml")
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng", "config")
+UNREADABLE = object()  # read_summary's answer for a summary.json that is not JSON
+
+
+@dataclass
+class Checkpoint:
+    """What ``checkpoint.pt`` holds, checked: the states, the history and the config."""
+
+    path: Path
+    payload: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.payload["epoch"])
+
+    @property
+    def history(self) -> list[EpochResult]:
+        return [EpochResult(**row) for row in self.payload["history"]]
+
+    @property
+    def resolved_config(self) -> dict[str, Any]:
+        return self.payload["config"]
+
+    def config(self) -> DictConfig:
+        """The config the checkpoint was trained with, with its interpolations when saved."""
+        return OmegaConf.create(self.payload.get("config_yaml") or self.payload["config"])
+
+    def restore(self, state) -> None:
+        """Load every saved state into freshly built objects (a TrainState), the RNGs last."""
+        ckpt = self.payload
+        try:
+            state.model.load_state_dict(ckpt["model"])
+            state.optimizer.load_state_dict(ckpt["optimizer"])
+            state.scheduler.load_state_dict(ckpt["scheduler"])
+            state.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{self.path} does not fit the run's config ({type(e).__name__}: {e})") from e
+        state.epoch = self.epoch
+        state.history = self.history
+        set_rng_states(ckpt["rng"])
+
+
+class RunFolder:
+    """One run's output folder (Hydra's ``runtime.output_dir``)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def is_run_folder(path: Path) -> bool:
+        return any((path / m).exists() for m in MARKERS)
+
+    @classmethod
+    def find(cls, root: Path) -> list[Path]:
+        """Run folders at or under ``root``."""
+        if cls.is_run_folder(root):
+            return [root]
+        found: set[Path] = set()
+        for marker in MARKERS:
+            for hit in root.rglob(marker):
+                found.add(hit.parent.parent if marker.startswith(HYDRA_DIR) else hit.parent)
+        return sorted(found)
+
+    # ------------------------------------------------------------------ metrics.csv
+
+    def write_metrics(self, history: Iterable[EpochResult]) -> None:
+        """Rewritten whole each epoch, so it always matches the checkpoint."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for result in history:
+            # repr-exact floats: two identical runs give byte-identical metrics.csv (timing aside)
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in result.as_row().items()})
+        atomic_write_text(self.path / METRICS_FILE, buf.getvalue())
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """Rows as floats; [] for a missing file; torn or odd rows are skipped."""
+        try:
+            with open(self.path / METRICS_FILE, newline="") as f:
+                raw = list(csv.DictReader(f))
+        except (OSError, csv.Error):
+            return []
+        rows = []
+        for row in raw:
+            try:
+                rows.append({k: float(row[k]) for k in METRIC_COLUMNS if row.get(k) not in (None, "")})
+            except ValueError:
+                continue
+        return [r for r in rows if "epoch" in r]
+
+    # ------------------------------------------------------------------ summary.json
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+
+    def read_summary(self) -> dict[str, Any] | None | object:
+        """The summary; None when there is none yet; :data:`UNREADABLE` when it is not JSON."""
+        path = self.path / SUMMARY_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return UNREADABLE
+        return data if isinstance(data, dict) else UNREADABLE
+
+    def summary(self) -> dict[str, Any]:
+        """The summary, or {} when there is none or it cannot be read (for reports)."""
+        found = self.read_summary()
+        return found if isinstance(found, dict) else {}
+
+    def update_summary(self, **fields: Any) -> None:
+        summary = self.summary()
+        if summary:
+            self.write_summary({**summary, **fields})
+
+    # ------------------------------------------------------------------ checkpoint.pt
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT_FILE).is_file()
+
+    def save_checkpoint(self, state, config: DictConfig, seed: int) -> Path:
+        """The resumable state after ``state.epoch`` finished epochs (a TrainState)."""
+        payload = {
+            "epoch": state.epoch,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "history": [r.as_row() for r in state.history],
+            "rng": rng_states(),
+            # batches are a pure function of (seed, epoch): see engine.data.epoch_generator
+            "data_order": {"seed": seed, "next_epoch": state.epoch},
+            "config": OmegaConf.to_container(config, resolve=True),
+            "config_yaml": OmegaConf.to_yaml(config),  # with interpolations, for resume
+        }
+        return self.write_checkpoint(payload)
+
+    def write_checkpoint(self, payload: dict[str, Any]) -> Path:
+        """``checkpoint.pt`` := ``payload``, atomically (a kill mid-write keeps the old one)."""
+        import torch
+
+        from optimlab.files import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        path = self.path / CHECKPOINT_FILE
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_checkpoint(self) -> Checkpoint:
+        """Read the checkpoint (on CPU) without writing anything here.
+
+        Raises CheckpointError naming the file when it is missing, unreadable, or not a
+        checkpoint that optimlab wrote (a missing key, history that disagrees with its epoch).
+        """
+        import torch
+
+        path = self.path / CHECKPOINT_FILE
+        if not self.path.is_dir():
+            raise CheckpointError(f"run folder {self.path} does not exist")
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path} does not exist: the run stopped before its first checkpoint "
+                f"(checkpoint.every) or {self.path} is not a run folder; start the run again instead"
+            )
+        try:
+            # The payload holds numpy/python RNG states, so it is a full pickle: only load
+            # checkpoints you wrote yourself.
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        if not isinstance(payload, dict) or any(k not in payload for k in CHECKPOINT_KEYS):
+            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+            raise CheckpointError(f"{path} is not an optimlab checkpoint (expected keys {list(CHECKPOINT_KEYS)}, found {found})")
+        if len(payload["history"]) != payload["epoch"]:
+            raise CheckpointError(f"{path} is inconsistent: epoch {payload['epoch']} but {len(payload['history'])} rows of history")
+        return Checkpoint(path, payload)
+
+    # ------------------------------------------------------------------ configs
+
+    def hydra_file(self, name: str) -> Path:
+        """``.hydra/<name>`` (config.yaml, hydra.yaml, overrides.yaml): Hydra writes them."""
+        return self.path / HYDRA_DIR / name
+
+    def hydra_config(self) -> DictConfig | None:
+        """The job config Hydra saved for the command that made this folder (None: none)."""
+        path = self.hydra_file("config.yaml")
+        return OmegaConf.load(path) if path.is_file() else None
+
+    def overrides(self) -> list[str]:
+        """The command-line overrides of the run (summary first, else Hydra's file)."""
+        found = self.summary().get("overrides")
+        if found is None:
+            path = self.hydra_file("overrides.yaml")
+            try:
+                found = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
+            except Exception:  # noqa: BLE001 - caught mid-write
+                found = []
+        return [str(o) for o in found or []]
+
+    def trained_config(self) -> DictConfig:
+        """The config this run trained with, interpolations kept.
+
+        Hydra's ``.hydra/config.yaml`` for a run started from scratch; the checkpoint's copy
+        for a resumed run (its ``.hydra/`` holds the ``resume=`` command's config) or when
+        ``.hydra/`` is gone."""
+        cfg = None if self.summary().get("resumed_from") else self.hydra_config()
+        return cfg if cfg is not None else self.load_checkpoint().config()
+
+
+# ---------------------------------------------------------------------- RNG states
+
+
+def rng_states() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,263 @@
+"""One training run, wired from a checked config: data, model, optimizer, scheduler →
+the engine's loop → the run folder. The composition root: everything else is called from here.
+
+Data flows one way; the only way in from outside (a sweeper's pruning, progress bars)
+is the ``callbacks`` argument of :func:`run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from optimlab import objective
+from optimlab.config.checks import check_training_size, training_split_size
+from optimlab.engine import data as datasets
+from optimlab.engine.devices import resolve_device, resolve_precision, seed_everything
+from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evaluate, fit
+from optimlab.errors import OptimlabError
+from optimlab.observe.plots import CurvesPlotter
+from optimlab.observe.progress import ConsoleProgress
+from optimlab.observe.tensorboard import TensorBoardLogger
+from optimlab.run import describe, signals
+from optimlab.run.folder import RunFolder
+from optimlab.run.provenance import command_line, device_info, environment, now_iso
+from optimlab.run.resume import Resume
+
+log = logging.getLogger(__name__)
+
+# Keys of a scheduler config that are optimlab's, not the scheduler class's.
+SCHEDULER_KEYS = ("interval", "monitor")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Instantiate the scheduler config; returns (scheduler, interval, monitor)."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in SCHEDULER_KEYS}
+    if "steps_per_epoch" in kwargs and kwargs["steps_per_epoch"] is None:
+        kwargs["steps_per_epoch"] = steps_per_epoch  # per-batch schedules size themselves to the data
+    return instantiate(kwargs)(optimizer), cfg.interval, cfg.get("monitor", "val_loss")
+
+
+def load_data(cfg: DictConfig, device: torch.device) -> datasets.DeviceData:
+    data = cfg.data
+    splits = datasets.load(OmegaConf.to_container(data, resolve=True))
+    if training_split_size(cfg) is None:  # the config could not tell: check the rules now
+        check_training_size(cfg, len(splits.train))
+    return datasets.DeviceData(
+        splits, device,
+        normalize=data.normalize, mean=data.get("mean"), std=data.get("std"),
+        crop_padding=data.augment.crop_padding, flip=data.augment.flip, shuffle=data.shuffle,
+        channels_last=cfg.channels_last, placement=cfg.data_placement,
+    )  # fmt: skip
+
+
+class FolderWriter:
+    """Callback: metrics.csv after every epoch, a resumable checkpoint every ``every`` epochs
+    and after the last; on a stop signal, the state of the last finished epoch, untorn.
+
+    A checkpoint is only worth saving at an epoch boundary (resume continues from there,
+    bit-exact); mid-epoch the weights have moved on, so the last saved checkpoint stays.
+    ``on_epoch_end`` marks the boundary with the in-place version counters of every
+    parameter and buffer: if they have not moved since, no training step ran after it.
+    """
+
+    def __init__(self, folder: RunFolder, cfg: DictConfig, state: TrainState):
+        self.folder, self.cfg = folder, cfg
+        self.mark = (state.epoch, self._versions(state))
+
+    @staticmethod
+    def _versions(state: TrainState) -> int:
+        return sum(t._version for t in (*state.model.parameters(), *state.model.buffers()))
+
+    def save(self, state: TrainState) -> None:
+        self.folder.write_metrics(state.history)
+        self.folder.save_checkpoint(state, self.cfg, seed=self.cfg.seed)
+
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        self.mark = (state.epoch, self._versions(state))
+        every = self.cfg.checkpoint.every
+        if state.epoch == self.cfg.epochs or (every > 0 and state.epoch % every == 0):
+            self.save(state)
+        else:
+            self.folder.write_metrics(state.history)
+
+    def save_if_at_boundary(self, state: TrainState) -> int | None:
+        """Save if ``state`` is still the last epoch boundary; the epoch saved, or None."""
+        if self.mark != (state.epoch, self._versions(state)):
+            return None
+        self.save(state)
+        return state.epoch
+
+
+def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int) -> list:
+    """Callbacks that only watch: console progress, curves.png, TensorBoard events."""
+    found: list = [ConsoleProgress(cfg.epochs, cfg.batch_size, n_train, quiet=cfg.quiet)]
+    if cfg.plots:
+        found.append(CurvesPlotter(folder.path, title=describe.title(cfg)))
+    if cfg.tensorboard:
+        found.append(
+            TensorBoardLogger(folder.path, describe.hparams(cfg, overrides), cfg.objective.metric,
+                              cfg.objective.direction, start_epoch=state.epoch)  # fmt: skip
+        )
+    return found
+
+
+def _end_observers(watchers: list, summary: dict[str, Any]) -> None:
+    for watcher in watchers:
+        try:
+            watcher.on_run_end(summary)
+        except Exception:  # a plot or an event file must not fail a finished run
+            log.warning("%s could not finish", type(watcher).__name__, exc_info=True)
+
+
+# --------------------------------------------------------------------------- summary.json
+
+
+def base_summary(cfg: DictConfig, folder: RunFolder, overrides: list[str]) -> dict[str, Any]:
+    env = environment()
+    return {
+        "status": "running",
+        "run_dir": str(folder.path),
+        "command": command_line(),
+        "overrides": overrides,
+        "seed": cfg.seed,
+        "started_at": now_iso(),
+        "versions": env.pop("versions"),
+        "git": env.pop("git"),
+        "environment": env,
+    }
+
+
+def record_error(cfg: DictConfig, run_dir: str, overrides: list[str], error: OptimlabError) -> None:
+    """summary.json for a run that failed before training: its status and the one-line reason."""
+    folder = RunFolder(run_dir)
+    folder.write_summary({**base_summary(cfg, folder, overrides), "status": error.status, "error": str(error),
+                          "finished_at": now_iso()})  # fmt: skip
+
+
+def final_summary(summary, cfg, state: TrainState, status, durations, error=None) -> dict[str, Any]:
+    metric, direction = cfg.objective.metric, cfg.objective.direction
+    best = objective.best(state.history, lambda r: getattr(r, metric), direction)
+    out = {
+        **summary,
+        "status": status,
+        "epochs_completed": state.epoch,
+        "objective": {
+            "metric": metric,
+            "direction": direction,
+            "value": getattr(best, metric) if best else float("nan"),
+            "best_epoch": best.epoch if best else None,
+        },
+        "best": best.as_row() if best else None,
+        "final": state.history[-1].as_row() if state.history else None,
+        "durations": durations,
+        "finished_at": now_iso(),
+    }
+    if error is not None:
+        out["error"] = str(error) or type(error).__name__
+        if hasattr(error, "last_finite_loss"):
+            out["divergence"] = {
+                "epoch": error.epoch, "step": error.step, "loss": error.loss, "last_finite_loss": error.last_finite_loss,
+            }  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run(
+    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None
+) -> float:
+    """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value.
+
+    ``resume``: a checked plan (:func:`optimlab.run.resume.prepare`) whose checkpoint the
+    run continues from; ``cfg`` is then its effective config.
+    """
+    t_start = time.perf_counter()
+    overrides = list(overrides or [])
+    folder = RunFolder(run_dir)
+    summary = base_summary(cfg, folder, overrides)
+    try:
+        device = resolve_device(cfg.device.type)
+        precision = resolve_precision(cfg.precision, device)
+        summary.update(device=device_info(device), precision=precision)
+        seed_everything(cfg.seed, cfg.deterministic)
+        data = load_data(cfg, device)
+
+        torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = instantiate(cfg.model).to(device=device, memory_format=memory_format)
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+        scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, data.steps_per_epoch(cfg.batch_size))
+        state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
+        loop = LoopConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, interval=interval, monitor=monitor,
+            precision=precision, eval_batch_size=cfg.eval_batch_size,
+            check_every=1 if device.type == "cpu" else 50, compile=cfg.compile,
+        )  # fmt: skip
+        if loop.compile:
+            model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
+        if resume is not None:
+            resume.checkpoint.restore(state)
+            summary["resumed_from"] = resume.info()
+    except OptimlabError as e:
+        record_error(cfg, run_dir, overrides, e)
+        raise
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model %s (%d parameters) | optimizer %s | scheduler %s | %s on %s (%s) | data %s: %d train, %d val, %d test",
+        describe.short_name(cfg.model), n_params, describe.short_name(cfg.optimizer),
+        describe.short_name(cfg.scheduler), precision, device, summary["device"].get("name"),
+        cfg.data.name, len(data.train), len(data.val), len(data.test),
+    )  # fmt: skip
+    summary.update(model=cfg.model._target_, n_parameters=n_params, status="running")
+    folder.write_summary(summary)
+    setup_s = time.perf_counter() - t_start
+
+    writer = FolderWriter(folder, cfg, state)
+    if resume is not None:
+        # the new folder is resumable itself even if killed before its next checkpoint
+        writer.save(state)
+        done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
+        log.info("resume: %s from %s at epoch %d/%d", done, resume.source, state.epoch, cfg.epochs)
+    watchers = observers(cfg, folder, overrides, state, n_train=len(data.train))
+    t_train = time.perf_counter()
+    t_trained = None
+
+    def durations() -> dict[str, float]:
+        now = time.perf_counter()
+        return {"setup_s": setup_s, "train_s": (t_trained or now) - t_train, "total_s": now - t_start}
+
+    try:
+        with signals.stop_signals():
+            fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
+            t_trained = time.perf_counter()
+            test_loss, test_acc = evaluate(state.model, data, "test", loop)
+    except BaseException as e:
+        stopped = signals.status_of(e)
+        with signals.deferred():
+            saved = writer.save_if_at_boundary(state) if stopped else None
+            status = stopped or (e.status if isinstance(e, OptimlabError) else "failed")
+            final = final_summary(summary, cfg, state, status, durations(), error=e)
+            if stopped:
+                final["error"] = f"{stopped} ({'Ctrl-C' if stopped == 'interrupted' else 'SIGTERM'}) after {state.epoch} finished epochs"
+            folder.write_summary(final)
+            _end_observers(watchers, final)
+        if saved is not None:
+            log.info("saved the state after epoch %d to %s", saved, folder.path)
+        raise
+    log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
+    summary["test"] = {"loss": test_loss, "acc": test_acc}
+    final = final_summary(summary, cfg, state, "completed", durations())
+    folder.write_summary(final)
+    _end_observers(watchers, final)
+    return final["objective"]["value"]

@@ -1,0 +1,63 @@
+"""SIGTERM and Ctrl-C during training: stop at once, keep the last finished epoch.
+
+SIGTERM is what Slurm, Kubernetes and ``kill`` send before they take a job away. While
+training runs, it raises :class:`Preempted` in the main thread (like Ctrl-C raises
+KeyboardInterrupt), so both unwind through the same path: the runner saves the state
+of the last finished epoch, writes ``summary.json`` and the process exits (143 / 130).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+EXIT_CODES = {"interrupted": 130, "preempted": 128 + signal.SIGTERM}
+
+
+class Preempted(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: nothing catches it by accident)."""
+
+    status = "preempted"
+
+
+def status_of(e: BaseException) -> str | None:
+    """``interrupted`` / ``preempted`` for the two stop signals, else None."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, Preempted):
+        return "preempted"
+    return None
+
+
+def _raise_preempted(signum, frame) -> None:
+    raise Preempted(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Preempted` (main thread only)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_preempted)
+    except ValueError:  # not the main thread: signals go elsewhere
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM must not cut the final writes short (they are atomic anyway)."""
+    try:
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

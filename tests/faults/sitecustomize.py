@@ -1,0 +1,28 @@
+"""Fault injection for the tests (on PYTHONPATH only in the tests that want it).
+
+``OPTIMLAB_KILL_AT=E`` or ``E:S`` makes the process SIGKILL itself just before training
+step S (default 0) of epoch E (1-based): "3" = right after epoch 2 ended and was
+checkpointed; "3:5" = in the middle of epoch 3. A real kill at an exact point, with no
+hook in optimlab itself.
+"""
+
+import os
+
+_SPEC = os.environ.get("OPTIMLAB_KILL_AT")
+
+if _SPEC:
+    import signal
+
+    from optimlab.engine.data import DeviceData
+
+    _epoch_s, _, _step_s = _SPEC.partition(":")
+    _KILL = (int(_epoch_s), int(_step_s or 0))
+    _batches = DeviceData.train_batches
+
+    def _train_batches(self, batch_size, seed, epoch):
+        for step, batch in enumerate(_batches(self, batch_size, seed, epoch)):
+            if (epoch + 1, step) == _KILL:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+
+    DeviceData.train_batches = _train_batches
