@@ -32,7 +32,7 @@ TRAIN_ARGS = ["data=synthetic", "device=cpu", "epochs=1"]
 PHASES = [
     ("cli_imported", "interpreter + imports of train.py (hydra, optimlab.cli)"),
     ("composed", "Hydra: compose config, run dir, logging, plugins"),
-    ("runner_imported", "torch + optimlab.runner imports"),
+    ("runner_imported", "torch + optimlab.run.runner imports"),
     ("data_loaded", "run setup (summary, env, git) + dataset load"),
     ("data_placed", "DeviceData: on the device, normalisation stats"),
     ("first_batch", "model, optimizer, loggers, first batch"),

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF_DIR, ROOT, TINY, TRAIN_PY, train_cli
+from conftest import CONF_DIR, ROOT, TINY, TRAIN_PY, compose_config, train_cli
+from optimlab.config import validate
+from optimlab.errors import ConfigError
 
 # (id, overrides, what the message must name)
 CONFIG_CASES = [
@@ -65,11 +67,18 @@ HYDRA_CASES = [
     ("misspelled_nested_key", ["data.trian_size=10"], ["trian_size", "did you mean data.train_size=10?"]),
 ]
 
+# Search spaces checked in-process, the way SweepChecks checks them before any trial
+SPACE_CASES = [
+    ("sweep_unknown_key", {"lrr": "interval(0.1,1)"}, ["'lrr' does not exist", "did you mean 'lr'"]),
+    ("sweep_interval_reversed", {"lr": "interval(1,0.1)"}, ["interval needs low < high", "low=1.0", "high=0.1"]),
+    ("sweep_log_low_zero", {"lr": "tag(log,interval(0,1))"}, ["log-scale", "low > 0", "low=0.0"]),
+    ("sweep_out_of_range", {"momentum": "interval(0.5,1.5)"}, ["momentum=1.5", "[0, 1)"]),
+    ("sweep_unknown_option", {"optimizer": "adam,adamx"}, ["'adamx' is not an option of optimizer", "did you mean 'adam'"]),
+]
+
+# End to end through `train.py -m`: nothing is launched
 SWEEP_CASES = [
     ("sweep_unknown_key", ["hydra/sweeper=optuna", "lrr=interval(0.1,1)"], ["'lrr' does not exist", "did you mean 'lr'"]),
-    ("sweep_interval_reversed", ["hydra/sweeper=optuna", "lr=interval(1,0.1)"], ["interval needs low < high", "low=1.0", "high=0.1"]),
-    ("sweep_log_low_zero", ["hydra/sweeper=optuna", "lr=tag(log,interval(0,1))"], ["log-scale", "low > 0", "low=0.0"]),
-    ("sweep_out_of_range", ["hydra/sweeper=optuna", "momentum=interval(0.5,1.5)"], ["momentum=1.5", "[0, 1)"]),
     ("sweep_unknown_option", ["optimizer=adam,adamx"], ["'adamx' is not an option of optimizer", "did you mean 'adam'"]),
     ("sweep_unknown_sampler_option", ["hydra/sweeper=optuna", "hydra/sweeper/sampler=tpee", "lr=interval(0.01,0.1)"], ["did you mean hydra/sweeper/sampler=tpe?"]),
     ("sweep_unknown_sampler_class", ["hydra/sweeper=optuna", "hydra.sweeper.sampler._target_=optuna.samplers.Nope", "lr=interval(0.01,0.1)"], ["optuna.samplers.Nope", "not a known sampler"]),
@@ -88,12 +97,38 @@ def assert_nothing_trained(result: subprocess.CompletedProcess, base: Path) -> N
         assert json.loads(summary.read_text())["status"] == "invalid_config"
 
 
-@pytest.mark.parametrize("overrides,expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
-def test_bad_config_fails_before_training(overrides, expected, tmp_path):
+def _tiny_without(overrides: list[str]) -> list[str]:
+    """TINY minus the keys ``overrides`` sets (and its data keys when another dataset is chosen)."""
     tiny = [a for a in TINY if not any(a.startswith(o.split("=")[0] + "=") for o in overrides)]
     if "data=cifar10" in overrides:
         tiny = [a for a in tiny if not a.startswith("data")]
-    result = train_cli(*tiny, *overrides, cwd=tmp_path)
+    return tiny
+
+
+@pytest.mark.parametrize("overrides,expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_is_named_in_one_line(overrides, expected):
+    """validate() — what train.py calls once, before any data or model is built — rejects
+    each mistake with one line naming the key, the value and what is allowed."""
+    cfg = compose_config([*_tiny_without(overrides), *overrides])
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for text in expected:
+        assert text in message, f"{text!r} not in: {message}"
+    assert "is not valid" in message or "cannot be resolved" in message
+    assert caught.value.exit_code == 2
+
+
+# End to end through train.py: a type mistake, a rule checked against the model, an interpolation.
+E2E_CONFIG_CASES = ("lr_negative", "lenet_image_too_small", "broken_interpolation")
+
+
+@pytest.mark.parametrize(
+    "overrides,expected", [c[1:] for c in CONFIG_CASES if c[0] in E2E_CONFIG_CASES], ids=list(E2E_CONFIG_CASES)
+)
+def test_bad_config_fails_before_training(overrides, expected, tmp_path):
+    result = train_cli(*_tiny_without(overrides), *overrides, cwd=tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
     for text in expected:
@@ -110,6 +145,22 @@ def test_unknown_names_get_hydras_message_and_a_suggestion(overrides, expected, 
         assert text in out, f"{text!r} not in: {out}"
     assert_nothing_trained(result, tmp_path)
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("params,expected", [c[1:] for c in SPACE_CASES], ids=[c[0] for c in SPACE_CASES])
+def test_bad_search_space_is_named_in_one_line(params, expected):
+    from hydra import compose, initialize_config_dir
+
+    from optimlab.config.sweeps import validate_search_space
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):  # group options need Hydra
+        cfg = compose(config_name="config", overrides=TINY, return_hydra_config=True)
+        with pytest.raises(ConfigError) as caught:
+            validate_search_space(params, cfg)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for text in expected:
+        assert text in message, f"{text!r} not in: {message}"
 
 
 @pytest.mark.parametrize("overrides,expected", [c[1:] for c in SWEEP_CASES], ids=[c[0] for c in SWEEP_CASES])

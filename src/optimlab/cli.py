@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.config import resolvers, validate
+from optimlab.config import CONFIG_DIR, CONFIG_NAME, resolvers, validate
 from optimlab.config.hints import suggest_overrides
 from optimlab.errors import OptimlabError
 from optimlab.run import signals
 
 log = logging.getLogger("optimlab")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-CONFIG_NAME = "config"
 
 
 def train(cfg: DictConfig) -> float:

@@ -2,7 +2,8 @@
 
 import sys
 
+from optimlab.cli import train
 from optimlab.run.rerun import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(train))

@@ -1,6 +1,12 @@
 """optimlab's config: the schema, the checks (single runs and sweeps), "did you mean"
 hints, override parsing and the resolvers. Nothing here imports torch at import time."""
 
+from pathlib import Path
+
 from optimlab.config.checks import validate
 
-__all__ = ["validate"]
+# The primary config that `python train.py` composes (conf/config.yaml in the project).
+CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+CONFIG_NAME = "config"
+
+__all__ = ["CONFIG_DIR", "CONFIG_NAME", "validate"]

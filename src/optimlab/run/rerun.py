@@ -21,7 +21,7 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +34,7 @@ from optimlab.run.provenance import git_info, versions
 
 log = logging.getLogger("optimlab.rerun")
 
-CONFIG_NAME = "optimlab_rerun"
+RERUN_CONFIG_NAME = "optimlab_rerun"  # the saved config, written to a temp folder
 # Hydra settings carried over from the original run (the rest are Hydra's runtime
 # bookkeeping, or about sweeping, which a re-run of one run does not do).
 HYDRA_JOB_KEYS = ("name", "chdir", "env_set", "env_copy", "config")
@@ -80,7 +80,7 @@ def hydra_settings(folder: RunFolder) -> tuple[dict[str, Any], list[str]]:
 
 def default_run_dir() -> str:
     """The project's run-dir pattern (conf/config.yaml), unresolved."""
-    from optimlab.cli import CONFIG_DIR, CONFIG_NAME
+    from optimlab.config import CONFIG_DIR, CONFIG_NAME
 
     return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").hydra.run, resolve=False)["dir"]
 
@@ -111,7 +111,8 @@ def provenance_warnings(summary: Any) -> list[str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> int:
+    """``task``: the training task (``optimlab.cli.train``), run by Hydra's job runner."""
     parser = argparse.ArgumentParser(
         prog="python -m optimlab.rerun",
         description="Re-run a run (single or sweep trial) from its folder into a new folder.",
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="optimlab-rerun-") as tmp, hydra_context(tmp):
         primary = OmegaConf.create({**OmegaConf.to_container(job, resolve=False), "hydra": hydra_node})
-        (Path(tmp) / f"{CONFIG_NAME}.yaml").write_text(OmegaConf.to_yaml(primary))
+        (Path(tmp) / f"{RERUN_CONFIG_NAME}.yaml").write_text(OmegaConf.to_yaml(primary))
         cfg = compose([*groups, *args.overrides])
         if args.print:
             print(OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         target = new_run_dir(str(cfg.hydra.run.dir))
         cfg.hydra.run.dir = str(target)
         log.info("rerun: %s -> %s", original.path, target)
-        code = _run_job(cfg)
+        code = _run_job(task, cfg)
     new = RunFolder(target, create=False)
     if new.summary():
         new.update_summary(
@@ -178,7 +179,7 @@ def compose(overrides: list[str]) -> DictConfig:
     """Hydra's compose API over the saved config: the same composition ``train.py`` does."""
     from hydra import compose as hydra_compose
 
-    cfg = hydra_compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+    cfg = hydra_compose(RERUN_CONFIG_NAME, overrides=overrides, return_hydra_config=True)
     OmegaConf.set_readonly(cfg.hydra, False)
     cfg.hydra.run.dir = str(cfg.hydra.run.dir)  # resolved once, now
     return cfg
@@ -192,18 +193,16 @@ class _NoCallbacks:
     def on_job_end(self, **kwargs: Any) -> None: ...
 
 
-def _run_job(cfg: DictConfig) -> int:
+def _run_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> int:
     """Run optimlab's task with Hydra's own job runner (the one its launchers use): the new
     folder gets ``.hydra/`` and the log file exactly as ``python train.py`` makes them."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.utils import JobStatus, run_job
     from hydra.types import HydraContext
 
-    from optimlab.cli import train
-
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=_NoCallbacks())
     try:
-        ret = run_job(task_function=train, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+        ret = run_job(task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
                       hydra_context=context)  # fmt: skip
     except SystemExit as e:  # the task's own exit for a user error or a stop signal
         return e.code if isinstance(e.code, int) else 1
@@ -215,6 +214,3 @@ def _run_job(cfg: DictConfig) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The layout's rules, read from the source: data flows one way and each fact has one owner.
+
+- ``engine/`` never sees a config: no omegaconf, no hydra, nothing of optimlab's upper layers.
+- Layers only import downwards (base < engine < config, observe < run < sweeping < entry points).
+- Module-level imports form no cycle.
+- Only ``run/folder.py`` names the run folder's files.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+SRC = ROOT / "src"
+PACKAGE = SRC / "optimlab"
+FOLDER_OWNER = "optimlab.run.folder"
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
+OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE")
+
+# Lower numbers are lower layers; a module may import its own package or lower layers.
+LAYERS = {
+    "optimlab": 0, "optimlab.errors": 0, "optimlab.files": 0, "optimlab.objective": 0,
+    "optimlab.engine": 1,
+    "optimlab.config": 2, "optimlab.observe": 2,
+    "optimlab.run": 3,
+    "optimlab.sweeping": 4,
+    "optimlab.cli": 5, "optimlab.report": 5,
+    "optimlab.rerun": 6,  # the re-run entry point runs the CLI's task
+}  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for each import in ``name``; names imported
+    ``from`` a package count as that package's modules when they are modules."""
+    tree = ast.parse(MODULES[name].read_text())
+    found = []
+    for node in ast.walk(tree):
+        top = node in tree.body
+        if isinstance(node, ast.Import):
+            found += [(a.name, top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, top))
+            found += [(f"{node.module}.{a.name}", top) for a in node.names if f"{node.module}.{a.name}" in MODULES]
+    return found
+
+
+def layer(name: str) -> tuple[str, int]:
+    """(the layer's package, its rank) of an optimlab module."""
+    key = max((k for k in LAYERS if name == k or name.startswith(k + ".")), key=len)
+    return key, LAYERS[key]
+
+
+def test_every_module_has_a_layer():
+    for name in MODULES:
+        layer(name)  # raises ValueError (max of nothing) for a module outside every layer
+
+
+def test_engine_never_sees_the_config():
+    for name in MODULES:
+        if not name.startswith("optimlab.engine"):
+            continue
+        for imported, _ in imports(name):
+            root = imported.split(".")[0]
+            assert root not in ("omegaconf", "hydra"), f"{name} imports {imported}"
+
+
+def test_layers_only_import_downwards():
+    for name in MODULES:
+        own, rank = layer(name)
+        for imported, _ in imports(name):
+            if not imported.startswith("optimlab") or imported not in MODULES and imported.rsplit(".", 1)[0] not in MODULES:
+                continue
+            target = imported if imported in MODULES else imported.rsplit(".", 1)[0]
+            other, other_rank = layer(target)
+            ok = other == own or other_rank < rank or other_rank == 0
+            assert ok, f"{name} (layer {own}) imports {target} (layer {other}): imports go down the layers only"
+
+
+def test_no_import_cycles():
+    graph = {
+        name: {t for t, top in imports(name) if top and t in MODULES and t != name and not name.startswith(t + ".")}
+        for name in MODULES
+    }
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in MODULES:
+        visit(name, [])
+
+
+def test_only_the_folder_module_names_the_run_files():
+    for name, path in MODULES.items():
+        if name == FOLDER_OWNER:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                # a path-like literal (no spaces: prose in docstrings and messages may name them)
+                path_like = not any(c.isspace() for c in node.value)
+                for run_file in RUN_FILES:
+                    assert not (path_like and run_file in node.value), f"{name} names {run_file}: {node.value!r}"
+            if isinstance(node, ast.ImportFrom) and node.module == FOLDER_OWNER:
+                taken = {a.name for a in node.names} & set(OWNED_CONSTANTS)
+                assert not taken, f"{name} imports {sorted(taken)}: read and write them through RunFolder"
