@@ -26,7 +26,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.config import overrides as ovr
 from optimlab.config import resolvers
 from optimlab.errors import ConfigError, OptimlabError
 from optimlab.run.folder import UNREADABLE, RunFolder
