@@ -10,9 +10,13 @@ strict where a wrong answer would cost a user their results (a checkpoint to res
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
+import os
 import random
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +25,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.engine.training import METRIC_COLUMNS, EpochResult
-from optimlab.errors import CheckpointError
-from optimlab.files import atomic_write_text
+from optimlab.errors import CheckpointError, FolderInUse, StorageError
+from optimlab.files import atomic_write_bytes
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 HYDRA_DIR = ".hydra"
+LOCK_FILE = ".lock"  # flock'ed by the one process writing the folder (see RunFolder.lock)
+SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", "optuna.db", "optuna.journal")
 # any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
 MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{HYDRA_DIR}/overrides.yaml")
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng", "config")
@@ -105,7 +111,7 @@ class RunFolder:
         for result in history:
             # repr-exact floats: two identical runs give byte-identical metrics.csv (timing aside)
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in result.as_row().items()})
-        atomic_write_text(self.path / METRICS_FILE, buf.getvalue())
+        self._write(METRICS_FILE, buf.getvalue().encode())
 
     def read_metrics(self) -> list[dict[str, float]]:
         """Rows as floats; [] for a missing file; torn or odd rows are skipped."""
@@ -125,7 +131,30 @@ class RunFolder:
     # ------------------------------------------------------------------ summary.json
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+        self._write(SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+
+    def end_summary(self, summary: dict[str, Any]) -> bool:
+        """Write a run's last summary, whatever the disk says: the full one if it fits, else
+        a minimal one (status, error); if even that cannot be written, remove the old file,
+        which would otherwise say ``running`` for a process that is gone, and try once more.
+        True when the full summary was written."""
+        try:
+            self.write_summary(summary)
+            return True
+        except StorageError:
+            pass
+        minimal = {k: summary.get(k) for k in ("status", "error", "run_dir", "epochs_completed", "finished_at")}
+        try:
+            self.write_summary(minimal)
+            return False
+        except StorageError:
+            pass
+        try:
+            (self.path / SUMMARY_FILE).unlink(missing_ok=True)
+            self.write_summary(minimal)  # the freed space may be enough now
+        except (OSError, StorageError):
+            pass
+        return False
 
     def read_summary(self) -> dict[str, Any] | None | object:
         """The summary; None when there is none yet; :data:`UNREADABLE` when it is not JSON."""
@@ -175,12 +204,18 @@ class RunFolder:
         """``checkpoint.pt`` := ``payload``, atomically (a kill mid-write keeps the old one)."""
         import torch
 
-        from optimlab.files import atomic_write_bytes
-
         buf = io.BytesIO()
         torch.save(payload, buf)
-        path = self.path / CHECKPOINT_FILE
-        atomic_write_bytes(path, buf.getvalue())
+        return self._write(CHECKPOINT_FILE, buf.getvalue())
+
+    def _write(self, name: str, data: bytes) -> Path:
+        """``<folder>/<name>`` := ``data`` atomically; an OS refusal (disk full, read-only, no
+        permission) becomes a StorageError naming the file."""
+        path = self.path / name
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise StorageError.of(path, e) from e
         return path
 
     def load_checkpoint(self) -> Checkpoint:
@@ -237,11 +272,154 @@ class RunFolder:
     def trained_config(self) -> DictConfig:
         """The config this run trained with, interpolations kept.
 
-        Hydra's ``.hydra/config.yaml`` for a run started from scratch; the checkpoint's copy
-        for a resumed run (its ``.hydra/`` holds the ``resume=`` command's config) or when
-        ``.hydra/`` is gone."""
-        cfg = None if self.summary().get("resumed_from") else self.hydra_config()
-        return cfg if cfg is not None else self.load_checkpoint().config()
+        The checkpoint's copy when there is a checkpoint: ``.hydra/config.yaml`` is the last
+        command's config, which for a resume (``resume=<folder>``, in a new folder or in
+        place) is not the trained one. Hydra's ``.hydra/config.yaml`` for a run killed before
+        its first checkpoint."""
+        if self.has_checkpoint:
+            return self.load_checkpoint().config()
+        cfg = self.hydra_config()
+        if cfg is None:
+            raise CheckpointError(f"{self.path} holds neither {CHECKPOINT_FILE} nor {HYDRA_DIR}/config.yaml: it is not a run folder")
+        return cfg
+
+    # ------------------------------------------------------------------ what the folder holds
+
+    def holds_results(self) -> bool:
+        """Whether a run has left results here that a new run must not overwrite: a
+        checkpoint, metrics, or a summary of a run that got past its checks (a folder with
+        only ``.hydra/``, a log or an ``invalid_config`` summary holds nothing to lose)."""
+        if self.has_checkpoint or (self.path / METRICS_FILE).exists():
+            return True
+        found = self.read_summary()
+        return found is UNREADABLE or (isinstance(found, dict) and found.get("status") != "invalid_config")
+
+    @staticmethod
+    def is_sweep_folder(path: Path) -> bool:
+        """A sweep's folder (``multirun/...``), not one of its trials' run folders."""
+        path = Path(path)
+        if not path.is_dir() or RunFolder.is_run_folder(path):
+            return False
+        if any((path / m).exists() for m in SWEEP_MARKERS):
+            return True
+        return any(child.is_dir() and RunFolder.is_run_folder(child) for child in path.iterdir())
+
+    # ------------------------------------------------------------------ one owner
+
+    def lock(self) -> FolderLock:
+        """The folder's owner lock (see :class:`FolderLock`)."""
+        return FolderLock(self.path)
+
+
+# ---------------------------------------------------------------------- one owner per folder
+
+_HELD: dict[Path, int] = {}  # folder -> fd of its flock'ed lock file, held by this process
+
+
+class FolderLock:
+    """One process writes a run folder: an OS lock (``flock``) on ``<folder>/.lock``.
+
+    The kernel drops the lock when its process dies, however it dies, so a crash never
+    leaves a stale lock. The file itself stays (empty of meaning once unlocked) and names
+    the holder (pid, host, start time) for the error the next process gets. Held locks are
+    per process: acquiring a folder this process already holds is a no-op. (On network
+    file systems ``flock`` is only as good as the file system's lock support.)
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path).absolute()
+        self.file = self.path / LOCK_FILE
+        self._acquired = False
+
+    @property
+    def held(self) -> bool:
+        return self.path in _HELD
+
+    def try_existing(self) -> bool:
+        """Take the lock if its file already exists, without creating or changing anything
+        (opening a file and locking it writes nothing to it).
+
+        False: there is no lock file yet. Raises FolderInUse when another process holds it."""
+        if self.held:
+            return True
+        for mode in (os.O_RDWR, os.O_RDONLY):  # read-only: a folder we cannot write (acquire says so)
+            try:
+                fd = os.open(self.file, mode)
+                break
+            except FileNotFoundError:
+                return False
+            except OSError:
+                continue
+        else:
+            return False
+        self._flock(fd)
+        return True
+
+    def acquire(self) -> None:
+        """Take the lock (creating the folder and the lock file), then write the holder's name.
+
+        Raises FolderInUse (another process holds it) or StorageError (the folder cannot be
+        created or written)."""
+        if not self.held:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+            except OSError as e:
+                raise StorageError.of(self.path, e) from e
+            self._flock(fd)
+        fd = _HELD[self.path]
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}) + "\n"
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(self.file))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
+        except OSError as e:
+            self.release()
+            raise StorageError.of(self.path, e) from e
+
+    def release(self) -> None:
+        fd = _HELD.pop(self.path, None)
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> FolderLock:
+        self._acquired = not self.held
+        if self._acquired:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._acquired:
+            self.release()
+
+    def _flock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderInUse(
+                    f"run folder {self.path} is in use by {holder}: one folder holds one run; wait for "
+                    f"it to end, or give this run another hydra.run.dir"
+                ) from None
+            raise StorageError.of(self.file, e) from e
+        _HELD[self.path] = fd
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"process {info['pid']} on {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _now() -> str:
+    from optimlab.run.provenance import now_iso
+
+    return now_iso()
 
 
 # ---------------------------------------------------------------------- RNG states
