@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import resolvers, validate
 from optimlab.config.hints import suggest_overrides
-from optimlab.errors import OptimlabError
+from optimlab.errors import OptimlabError, StorageError
 from optimlab.run import signals
 
 log = logging.getLogger("optimlab")
@@ -60,7 +60,8 @@ def train(cfg: DictConfig) -> float:
             record_error(cfg, run_dir, overrides, e)
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the failure and goes on
-        logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
+        if isinstance(e, StorageError):
+            logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
         log.error("%s", e)  # one clear line, no traceback wall
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, signals.Preempted) as e:

@@ -10,13 +10,9 @@ strict where a wrong answer would cost a user their results (a checkpoint to res
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import io
 import json
-import os
 import random
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +21,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.engine.training import METRIC_COLUMNS, EpochResult
-from optimlab.errors import CheckpointError, FolderInUse, StorageError
+from optimlab.errors import CheckpointError, StorageError
 from optimlab.files import atomic_write_bytes
+from optimlab.run.lock import LOCK_FILE, FolderLock  # noqa: F401 - LOCK_FILE: the folder's file names in one place
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 HYDRA_DIR = ".hydra"
-LOCK_FILE = ".lock"  # flock'ed by the one process writing the folder (see RunFolder.lock)
 SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", "optuna.db", "optuna.journal")
 # any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
 MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{HYDRA_DIR}/overrides.yaml")
@@ -307,119 +303,8 @@ class RunFolder:
     # ------------------------------------------------------------------ one owner
 
     def lock(self) -> FolderLock:
-        """The folder's owner lock (see :class:`FolderLock`)."""
+        """The folder's owner lock (see :class:`optimlab.run.lock.FolderLock`)."""
         return FolderLock(self.path)
-
-
-# ---------------------------------------------------------------------- one owner per folder
-
-_HELD: dict[Path, int] = {}  # folder -> fd of its flock'ed lock file, held by this process
-
-
-class FolderLock:
-    """One process writes a run folder: an OS lock (``flock``) on ``<folder>/.lock``.
-
-    The kernel drops the lock when its process dies, however it dies, so a crash never
-    leaves a stale lock. The file itself stays (empty of meaning once unlocked) and names
-    the holder (pid, host, start time) for the error the next process gets. Held locks are
-    per process: acquiring a folder this process already holds is a no-op. (On network
-    file systems ``flock`` is only as good as the file system's lock support.)
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path).absolute()
-        self.file = self.path / LOCK_FILE
-        self._acquired = False
-
-    @property
-    def held(self) -> bool:
-        return self.path in _HELD
-
-    def try_existing(self) -> bool:
-        """Take the lock if its file already exists, without creating or changing anything
-        (opening a file and locking it writes nothing to it).
-
-        False: there is no lock file yet. Raises FolderInUse when another process holds it."""
-        if self.held:
-            return True
-        for mode in (os.O_RDWR, os.O_RDONLY):  # read-only: a folder we cannot write (acquire says so)
-            try:
-                fd = os.open(self.file, mode)
-                break
-            except FileNotFoundError:
-                return False
-            except OSError:
-                continue
-        else:
-            return False
-        self._flock(fd)
-        return True
-
-    def acquire(self) -> None:
-        """Take the lock (creating the folder and the lock file), then write the holder's name.
-
-        Raises FolderInUse (another process holds it) or StorageError (the folder cannot be
-        created or written)."""
-        if not self.held:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
-            except OSError as e:
-                raise StorageError.of(self.path, e) from e
-            self._flock(fd)
-        fd = _HELD[self.path]
-        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}) + "\n"
-        try:
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-                raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(self.file))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder.encode(), 0)
-        except OSError as e:
-            self.release()
-            raise StorageError.of(self.path, e) from e
-
-    def release(self) -> None:
-        fd = _HELD.pop(self.path, None)
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor drops the flock
-
-    def __enter__(self) -> FolderLock:
-        self._acquired = not self.held
-        if self._acquired:
-            self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._acquired:
-            self.release()
-
-    def _flock(self, fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderInUse(
-                    f"run folder {self.path} is in use by {holder}: one folder holds one run; wait for "
-                    f"it to end, or give this run another hydra.run.dir"
-                ) from None
-            raise StorageError.of(self.file, e) from e
-        _HELD[self.path] = fd
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        return f"process {info['pid']} on {info['host']} (since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
-
-
-def _now() -> str:
-    from optimlab.run.provenance import now_iso
-
-    return now_iso()
 
 
 # ---------------------------------------------------------------------- RNG states

@@ -40,22 +40,39 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from pathlib import Path
 
-        from optimlab.run import resume
-        from optimlab.run.folder import RunFolder
+        from optimlab.run.lock import LOCK_FILE, FolderLock
 
         try:
             run_dir = Path(str(config.hydra.run.dir)).absolute()  # what run_job will use (cached resolvers)
-            overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task)]
-            job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-            lock = RunFolder(run_dir, create=False).lock()
-            existed = lock.try_existing()  # an existing lock file: taken without writing
-            resume.for_run_folder(run_dir, job, overrides)
+            lock = FolderLock(run_dir)
+            existed = lock.try_existing()  # an existing lock file is taken without writing to it
+            if existed or _has_files(run_dir, ignore=LOCK_FILE):
+                self._may_write(run_dir, config)
             if not existed:
                 lock.acquire()  # creates the folder and the lock file
-                resume.for_run_folder(run_dir, job, overrides)  # again, now that no one else can write
+                if _has_files(run_dir, ignore=LOCK_FILE):
+                    self._may_write(run_dir, config)  # again, now that no one else can write
             else:
-                lock.acquire()  # writes the holder's name: fails here if the folder is read-only
+                lock.acquire()  # writes the holder's name: stops here if the folder is read-only
         except OptimlabError as e:
             log.error("%s", e)
             sys.stderr.flush()
             raise SystemExit(2) from None  # a command that may not run here (Hydra's own errors exit 1)
+
+    @staticmethod
+    def _may_write(run_dir, config: DictConfig) -> None:
+        """Stop unless this command may write into the (non-empty) folder: reads only."""
+        from optimlab.run import resume  # imports torch: only for a folder that holds something
+
+        overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task)]
+        job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        resume.for_run_folder(run_dir, job, overrides)
+
+
+def _has_files(path, ignore: str) -> bool:
+    try:
+        return any(p.name != ignore for p in path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # unreadable: let the full check say why

@@ -260,6 +260,8 @@ def run(
         except BaseException as e:
             stopped = signals.status_of(e)
             error = _storage_error(e, folder)
+            if isinstance(error, StorageError):
+                logging.raiseExceptions = False  # train.log is on the same full disk: no handler tracebacks
             with signals.deferred():
                 saved = None
                 if stopped:
