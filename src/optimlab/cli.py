@@ -74,19 +74,25 @@ def train(cfg: DictConfig) -> float:
         sys.exit(signals.EXIT_CODES[status])
 
 
+# top-level knobs the optimizer configs interpolate (``lr: ${lr}``), and a hint when one is not read
+OPTIMIZER_KNOBS = {
+    "momentum": "use optimizer=momentum or optimizer=nesterov for SGD with momentum",
+    "weight_decay": "choose an optimizer that reads it",
+}
+
+
 def _warn_ignored_knobs(cfg: DictConfig, overrides: list[str]) -> None:
-    """A knob set on the command line that the chosen optimizer does not read (plain sgd
-    has no momentum): one warning line, the run goes on."""
+    """A knob set on the command line that the chosen optimizer's config does not read
+    (plain sgd fixes momentum at 0): one warning line each, the run goes on."""
     from optimlab.config import overrides as ovr
-    from optimlab.run.describe import effective_momentum
 
     given = ovr.job_values(overrides)
-    if "momentum" in given and effective_momentum(cfg) is None and float(cfg.momentum) != 0.0:
-        choice = HydraConfig.get().runtime.choices.get("optimizer")
-        log.warning(
-            "momentum=%s is ignored: optimizer=%s does not use it (plain SGD has momentum 0); "
-            "use optimizer=momentum or optimizer=nesterov for SGD with momentum", given["momentum"], choice,
-        )  # fmt: skip
+    node = OmegaConf.to_container(cfg.optimizer, resolve=False)
+    text = repr(node)
+    choice = HydraConfig.get().runtime.choices.get("optimizer")
+    for knob, hint in OPTIMIZER_KNOBS.items():
+        if knob in given and "${" + knob + "}" not in text and cfg.get(knob):
+            log.warning("%s=%s is ignored: optimizer=%s does not read ${%s}; %s", knob, given[knob], choice, knob, hint)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
