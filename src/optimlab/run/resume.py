@@ -224,8 +224,10 @@ def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -
                 )
             return Resume(source=path, config=cfg, checkpoint=ckpt, changed=changed, in_place=True)
         why = f"a different config ({_describe(dict(list(diffs.items())[:4]))})" if diffs else "a run whose config cannot be compared"
+    elif source is None:
+        why = "a run (resume=null never continues one)"
     else:
-        why = f"a run (resume={cfg.get('resume')} does not continue it)"
+        why = f"a run (resume={cfg.get('resume')} continues that folder's run into a new folder, not this one)"
     raise FolderTaken(
         f"{where} already holds {why}; nothing was changed there. Give this run another hydra.run.dir, "
         f"or run the folder's own command again (resume=auto) to continue it"
