@@ -211,12 +211,12 @@ def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -
         return None
     where = f"run folder {path}"
     if source is None and cfg.get("resume") == AUTO:
-        diffs = _differences_with(folder, cfg)
+        ckpt = folder.load_checkpoint() if folder.has_checkpoint else None  # a corrupt one: CheckpointError
+        diffs = _differences_with(ckpt.config() if ckpt else _hydra_config(folder), cfg)
         if diffs is not None and not diffs:
-            if not folder.has_checkpoint:
+            if ckpt is None:
                 log.info("resume: %s has no checkpoint yet: starting this run again there", path)
                 return None
-            ckpt = folder.load_checkpoint()
             changed = {k: v for k, v in config_differences(ckpt.resolved_config, _resolved(cfg)).items() if k != "resume"}
             if cfg.epochs < ckpt.epoch:
                 raise FolderTaken(
@@ -234,11 +234,21 @@ def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -
     )
 
 
-def _differences_with(folder: RunFolder, cfg: DictConfig) -> dict[str, tuple[Any, Any]] | None:
-    """Non-harmless keys in which ``cfg`` differs from the config the folder's run trained
-    with (None: one of them cannot be read or resolved)."""
+def _hydra_config(folder: RunFolder) -> DictConfig | None:
     try:
-        saved = _resolved(folder.trained_config())
+        return folder.hydra_config()
+    except Exception:  # noqa: BLE001 - a torn .hydra/config.yaml: "cannot be compared"
+        return None
+
+
+def _differences_with(trained: DictConfig | None, cfg: DictConfig) -> dict[str, tuple[Any, Any]] | None:
+    """Non-harmless keys in which ``cfg`` differs from the config a folder's run trained
+    with (its checkpoint's, else its ``.hydra/config.yaml``); None: one of them is missing
+    or cannot be resolved."""
+    if trained is None:
+        return None
+    try:
+        saved = _resolved(trained)
         now = _resolved(cfg)
     except Exception:  # noqa: BLE001 - an unreadable or unresolvable config is "not the same"
         return None
