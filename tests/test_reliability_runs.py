@@ -216,6 +216,7 @@ def test_a_finished_folder_reused_by_another_command_is_byte_identical(ref, tmp_
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # the reference run it reads takes longer than a few seconds
 def test_umask_022_gives_0644_files(ref):
     modes = {str(p.relative_to(ref)): p.stat().st_mode & 0o777 for p in ref.rglob("*") if p.is_file()}
     assert {"checkpoint.pt", "metrics.csv", "summary.json", "train.log", ".lock", ".hydra/config.yaml"} <= set(modes)
@@ -294,6 +295,7 @@ def test_disk_full_mid_run_is_one_line_and_summary_never_says_running(tmpfs, tmp
 # --------------------------------------------------------------------------- one-line errors for resume / rerun
 
 
+@pytest.mark.slow
 def test_rerun_of_a_folder_whose_summary_is_not_json(ref, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(ref, damaged)
