@@ -5,6 +5,8 @@ Every file is written atomically (temp file + rename), so a run killed at any mo
 leaves either the previous version of a file or the new one, never half of one.
 Reading is forgiving where a folder may be half-written (a report of a live sweep) and
 strict where a wrong answer would cost a user their results (a checkpoint to resume).
+A write the OS refuses (disk full, read-only) is a one-line :class:`StorageError` naming
+the file. Which process may write a folder is :mod:`optimlab.run.lock`'s to say.
 """
 
 from __future__ import annotations
