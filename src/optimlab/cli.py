@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import CONFIG_DIR, CONFIG_NAME, resolvers, validate
 from optimlab.config.hints import suggest_overrides
-from optimlab.errors import OptimlabError
+from optimlab.errors import OptimlabError, StorageError
 from optimlab.run import signals
 
 log = logging.getLogger("optimlab")
@@ -25,28 +25,40 @@ log = logging.getLogger("optimlab")
 def train(cfg: DictConfig) -> float:
     """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
     from optimlab.run import resume
+    from optimlab.run.folder import RunFolder
     from optimlab.sweeping.pruning import trial_callbacks
 
     hc = HydraConfig.get()
     # unresolved: an override such as lr=${nope} is validate()'s to report, not a crash here
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task)]
+    run_dir = hc.runtime.output_dir
+    folder = RunFolder(run_dir, create=False)
     started = False
     try:
-        plan = resume.prepare(cfg, overrides) if cfg.get("resume") else None  # reads only
-        if plan is not None:
-            cfg = plan.config  # the saved run's config (+ harmless overrides)
-        validate(cfg)  # bad input fails here, before any data or model is built
-        from optimlab.run.runner import run
+        # one process per folder (a single run took the lock before Hydra wrote; a sweep trial takes it here)
+        with folder.lock():
+            plan = resume.for_run_folder(run_dir, cfg, overrides)  # reads only
+            if plan is None and resume.source_of(cfg) is not None:
+                plan = resume.prepare(cfg, overrides, run_dir=run_dir)  # resume=<folder>: into this new one
+            if plan is not None:
+                cfg = plan.config  # the saved run's config (+ harmless overrides)
+            validate(cfg)  # bad input fails here, before any data or model is built
+            if hc.mode == RunMode.RUN:
+                _warn_ignored_knobs(cfg, overrides)
+            from optimlab.run.runner import run
 
-        started = True
-        return run(cfg, hc.runtime.output_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan)
+            started = True
+            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan)
     except OptimlabError as e:
-        if not started and cfg.get("resume"):  # the resume's new folder says why it holds no run
+        # a resume's new folder says why it holds no run; a folder with results is never touched
+        if not started and cfg.get("resume") not in (None, resume.AUTO) and not folder.holds_results():
             from optimlab.run.runner import record_error
 
-            record_error(cfg, hc.runtime.output_dir, overrides, e)
+            record_error(cfg, run_dir, overrides, e)
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the failure and goes on
+        if isinstance(e, StorageError):
+            logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
         log.error("%s", e)  # one clear line, no traceback wall
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, signals.Preempted) as e:
@@ -55,8 +67,29 @@ def train(cfg: DictConfig) -> float:
         status = signals.status_of(e)
         # the runner has already saved the state and written summary.json
         how = "Ctrl-C" if status == "interrupted" else "SIGTERM"
-        log.error("%s (%s): state saved in %s (summary.json status: %s)", status, how, hc.runtime.output_dir, status)
+        log.error("%s (%s): state saved in %s (summary.json status: %s)", status, how, run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
+
+
+# top-level knobs the optimizer configs interpolate (``lr: ${lr}``), and a hint when one is not read
+OPTIMIZER_KNOBS = {
+    "momentum": "use optimizer=momentum or optimizer=nesterov for SGD with momentum",
+    "weight_decay": "choose an optimizer that reads it",
+}
+
+
+def _warn_ignored_knobs(cfg: DictConfig, overrides: list[str]) -> None:
+    """A knob set on the command line that the chosen optimizer's config does not read
+    (plain sgd fixes momentum at 0): one warning line each, the run goes on."""
+    from optimlab.config import overrides as ovr
+
+    given = ovr.job_values(overrides)
+    node = OmegaConf.to_container(cfg.optimizer, resolve=False)
+    text = repr(node)
+    choice = HydraConfig.get().runtime.choices.get("optimizer")
+    for knob, hint in OPTIMIZER_KNOBS.items():
+        if knob in given and "${" + knob + "}" not in text and cfg.get(knob):
+            log.warning("%s=%s is ignored: optimizer=%s does not read ${%s}; %s", knob, given[knob], choice, knob, hint)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)

@@ -1,5 +1,10 @@
 """The errors optimlab reports to users as one clear line (no traceback wall)."""
 
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
 
 class OptimlabError(Exception):
     """A problem the user can fix; the message says what and how."""
@@ -26,6 +31,41 @@ class DeviceError(ConfigError):
 
 class CheckpointError(ConfigError):
     """A run folder to resume from whose checkpoint is missing, corrupt or does not match."""
+
+
+class FolderInUse(ConfigError):
+    """The run folder is locked by another live process (one folder holds one run)."""
+
+
+class FolderTaken(ConfigError):
+    """The run folder holds another run's results (or is a sweep's folder): nothing is written there."""
+
+
+# errno -> what to tell the user
+_STORAGE_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+class StorageError(OptimlabError):
+    """The run folder cannot be written (disk full, read-only, no permission)."""
+
+    @classmethod
+    def of(cls, path: Path | str, error: OSError) -> StorageError:
+        why = _STORAGE_HINTS.get(error.errno, error.strerror or type(error).__name__)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            todo = "free some space there; the last checkpoint is intact, continue with resume=<run folder>"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            todo = "choose a folder you can write (hydra.run.dir=... / hydra.sweep.dir=...)"
+        else:
+            todo = "check the file system"
+        found = cls(f"cannot write {path}: {why} ({error.strerror or error}); {todo}")
+        found.errno = error.errno
+        return found
 
 
 class Diverged(OptimlabError):

@@ -4,25 +4,46 @@
 step S (default 0) of epoch E (1-based): "3" = right after epoch 2 ended and was
 checkpointed; "3:5" = in the middle of epoch 3. A real kill at an exact point, with no
 hook in optimlab itself.
+
+``OPTIMLAB_PAUSE_AT=E[:S]`` with ``OPTIMLAB_PAUSE_FILE=<path>`` pauses the run at the same
+kind of point instead: it writes its pid to ``<path>`` and waits there until the file is
+removed (or a signal arrives), so a test can act on a run at a known step — send SIGTERM
+mid-epoch, start a second run into the same folder — without a timing race.
 """
 
 import os
 
-_SPEC = os.environ.get("OPTIMLAB_KILL_AT")
 
-if _SPEC:
+def _point(spec):
+    epoch_s, _, step_s = spec.partition(":")
+    return int(epoch_s), int(step_s or 0)
+
+
+_KILL = _point(os.environ["OPTIMLAB_KILL_AT"]) if os.environ.get("OPTIMLAB_KILL_AT") else None
+_PAUSE = _point(os.environ["OPTIMLAB_PAUSE_AT"]) if os.environ.get("OPTIMLAB_PAUSE_AT") else None
+
+if _KILL or _PAUSE:
     import signal
+    import time
 
     from optimlab.engine.data import DeviceData
 
-    _epoch_s, _, _step_s = _SPEC.partition(":")
-    _KILL = (int(_epoch_s), int(_step_s or 0))
     _batches = DeviceData.train_batches
+
+    def _pause() -> None:
+        path = os.environ["OPTIMLAB_PAUSE_FILE"]
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)  # the test sees the whole pid or nothing
+        while os.path.exists(path):
+            time.sleep(0.02)
 
     def _train_batches(self, batch_size, seed, epoch):
         for step, batch in enumerate(_batches(self, batch_size, seed, epoch)):
             if (epoch + 1, step) == _KILL:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if (epoch + 1, step) == _PAUSE:
+                _pause()
             yield batch
 
     DeviceData.train_batches = _train_batches

@@ -157,7 +157,7 @@ class ConfigSchema:
     data_placement: str = field(default="auto", metadata=one_of(*PLACEMENTS))
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
-    resume: Optional[str] = None
+    resume: Optional[str] = "auto"
     quiet: bool = False
     tensorboard: bool = True
     plots: bool = True

@@ -5,6 +5,8 @@ Every file is written atomically (temp file + rename), so a run killed at any mo
 leaves either the previous version of a file or the new one, never half of one.
 Reading is forgiving where a folder may be half-written (a report of a live sweep) and
 strict where a wrong answer would cost a user their results (a checkpoint to resume).
+A write the OS refuses (disk full, read-only) is a one-line :class:`StorageError` naming
+the file. Which process may write a folder is :mod:`optimlab.run.lock`'s to say.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.engine.training import METRIC_COLUMNS, EpochResult
-from optimlab.errors import CheckpointError
-from optimlab.files import atomic_write_text
+from optimlab.errors import CheckpointError, StorageError
+from optimlab.files import atomic_write_bytes
+from optimlab.run.lock import LOCK_FILE, FolderLock  # noqa: F401 - LOCK_FILE: the folder's file names in one place
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 HYDRA_DIR = ".hydra"
+SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", "optuna.db", "optuna.journal")
 # any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
 MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{HYDRA_DIR}/overrides.yaml")
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng", "config")
@@ -105,7 +109,7 @@ class RunFolder:
         for result in history:
             # repr-exact floats: two identical runs give byte-identical metrics.csv (timing aside)
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in result.as_row().items()})
-        atomic_write_text(self.path / METRICS_FILE, buf.getvalue())
+        self._write(METRICS_FILE, buf.getvalue().encode())
 
     def read_metrics(self) -> list[dict[str, float]]:
         """Rows as floats; [] for a missing file; torn or odd rows are skipped."""
@@ -125,7 +129,30 @@ class RunFolder:
     # ------------------------------------------------------------------ summary.json
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+        self._write(SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+
+    def end_summary(self, summary: dict[str, Any]) -> bool:
+        """Write a run's last summary, whatever the disk says: the full one if it fits, else
+        a minimal one (status, error); if even that cannot be written, remove the old file,
+        which would otherwise say ``running`` for a process that is gone, and try once more.
+        True when the full summary was written."""
+        try:
+            self.write_summary(summary)
+            return True
+        except StorageError:
+            pass
+        minimal = {k: summary.get(k) for k in ("status", "error", "run_dir", "epochs_completed", "finished_at")}
+        try:
+            self.write_summary(minimal)
+            return False
+        except StorageError:
+            pass
+        try:
+            (self.path / SUMMARY_FILE).unlink(missing_ok=True)
+            self.write_summary(minimal)  # the freed space may be enough now
+        except (OSError, StorageError):
+            pass
+        return False
 
     def read_summary(self) -> dict[str, Any] | None | object:
         """The summary; None when there is none yet; :data:`UNREADABLE` when it is not JSON."""
@@ -175,12 +202,18 @@ class RunFolder:
         """``checkpoint.pt`` := ``payload``, atomically (a kill mid-write keeps the old one)."""
         import torch
 
-        from optimlab.files import atomic_write_bytes
-
         buf = io.BytesIO()
         torch.save(payload, buf)
-        path = self.path / CHECKPOINT_FILE
-        atomic_write_bytes(path, buf.getvalue())
+        return self._write(CHECKPOINT_FILE, buf.getvalue())
+
+    def _write(self, name: str, data: bytes) -> Path:
+        """``<folder>/<name>`` := ``data`` atomically; an OS refusal (disk full, read-only, no
+        permission) becomes a StorageError naming the file."""
+        path = self.path / name
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise StorageError.of(path, e) from e
         return path
 
     def load_checkpoint(self) -> Checkpoint:
@@ -237,11 +270,43 @@ class RunFolder:
     def trained_config(self) -> DictConfig:
         """The config this run trained with, interpolations kept.
 
-        Hydra's ``.hydra/config.yaml`` for a run started from scratch; the checkpoint's copy
-        for a resumed run (its ``.hydra/`` holds the ``resume=`` command's config) or when
-        ``.hydra/`` is gone."""
-        cfg = None if self.summary().get("resumed_from") else self.hydra_config()
-        return cfg if cfg is not None else self.load_checkpoint().config()
+        The checkpoint's copy when there is a checkpoint: ``.hydra/config.yaml`` is the last
+        command's config, which for a resume (``resume=<folder>``, in a new folder or in
+        place) is not the trained one. Hydra's ``.hydra/config.yaml`` for a run killed before
+        its first checkpoint."""
+        if self.has_checkpoint:
+            return self.load_checkpoint().config()
+        cfg = self.hydra_config()
+        if cfg is None:
+            raise CheckpointError(f"{self.path} holds neither {CHECKPOINT_FILE} nor {HYDRA_DIR}/config.yaml: it is not a run folder")
+        return cfg
+
+    # ------------------------------------------------------------------ what the folder holds
+
+    def holds_results(self) -> bool:
+        """Whether a run has left results here that a new run must not overwrite: a
+        checkpoint, metrics, or a summary of a run that got past its checks (a folder with
+        only ``.hydra/``, a log or an ``invalid_config`` summary holds nothing to lose)."""
+        if self.has_checkpoint or (self.path / METRICS_FILE).exists():
+            return True
+        found = self.read_summary()
+        return found is UNREADABLE or (isinstance(found, dict) and found.get("status") != "invalid_config")
+
+    @staticmethod
+    def is_sweep_folder(path: Path) -> bool:
+        """A sweep's folder (``multirun/...``), not one of its trials' run folders."""
+        path = Path(path)
+        if not path.is_dir() or RunFolder.is_run_folder(path):
+            return False
+        if any((path / m).exists() for m in SWEEP_MARKERS):
+            return True
+        return any(child.is_dir() and RunFolder.is_run_folder(child) for child in path.iterdir())
+
+    # ------------------------------------------------------------------ one owner
+
+    def lock(self) -> FolderLock:
+        """The folder's owner lock (see :class:`optimlab.run.lock.FolderLock`)."""
+        return FolderLock(self.path)
 
 
 # ---------------------------------------------------------------------- RNG states

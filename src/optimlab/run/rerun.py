@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import resolvers
 from optimlab.errors import ConfigError, OptimlabError
-from optimlab.run.folder import UNREADABLE, RunFolder
+from optimlab.run.folder import SUMMARY_FILE, UNREADABLE, RunFolder
 from optimlab.run.provenance import git_info, versions
 
 log = logging.getLogger("optimlab.rerun")
@@ -127,9 +127,16 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
     try:
         if not original.path.is_dir():
             raise ConfigError(f"run folder {args.run_dir} does not exist")
+        if RunFolder.is_sweep_folder(original.path):
+            from optimlab.run.resume import sweep_folder_message
+
+            raise ConfigError(sweep_folder_message(original.path, "re-run"))
         summary = original.read_summary()
         if summary is UNREADABLE:
-            raise ConfigError(f"{original.path}: its summary is not valid JSON; the run folder is damaged")
+            raise ConfigError(
+                f"{original.path / SUMMARY_FILE} is not valid JSON (the run folder is damaged); nothing was run: "
+                f"restore that file, or move it away to re-run from the folder's config without it"
+            )
         job = job_config(original)
     except OptimlabError as e:
         print(f"error: {e}", file=sys.stderr)

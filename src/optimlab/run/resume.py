@@ -1,4 +1,5 @@
-"""Continue a killed or finished run from its folder: ``python train.py resume=<run folder>``.
+"""Continue a killed or finished run from its folder: ``python train.py resume=<run folder>``,
+or in place when the same command runs again into the same folder (``resume=auto``).
 
 The resumed run writes a NEW run folder (the one Hydra makes for every command) and only
 reads the old one, so a resume that fails — or is itself killed — leaves the original as
@@ -13,6 +14,12 @@ final metrics and weights equal an uninterrupted run's bit for bit.
 The config is the saved one. Overrides given with ``resume=`` may change only keys that
 cannot alter the numbers already computed (:data:`HARMLESS_KEYS`, e.g. ``epochs`` when the
 scheduler does not depend on it); anything else is a :class:`ConfigError` naming the keys.
+
+**In place** (:func:`for_run_folder`): ``resume=auto`` (the default) makes a command whose
+run folder (a fixed ``hydra.run.dir``: Slurm ``--requeue``, a re-submitted job) already
+holds a checkpoint of the same config continue from it in that folder; ``resume=X
+hydra.run.dir=X`` does the same with ``resume=``'s rules. A folder that holds another
+run's results is never written: the command stops with :class:`FolderTaken`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import overrides as ovr
-from optimlab.errors import CheckpointError, ConfigError
+from optimlab.errors import CheckpointError, ConfigError, FolderTaken
 from optimlab.run.folder import Checkpoint, RunFolder
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 # Keys that may differ between the saved run and the resumed one: they change how far
 # a run goes or what it prints, never the numbers of the epochs already trained.
 HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "plots", "checkpoint.every")
+AUTO = "auto"  # resume=auto: continue the run folder's own checkpoint of the same config, else start fresh
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Resume:
     config: DictConfig
     checkpoint: Checkpoint
     changed: dict[str, tuple[Any, Any]]  # harmless key -> (saved, now)
+    in_place: bool = False  # continuing in the source folder itself (requeue) rather than a new one
 
     @property
     def epoch(self) -> int:
@@ -121,13 +130,27 @@ def _describe(diffs: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items())
 
 
-def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
+def source_of(cfg: DictConfig) -> Path | None:
+    """The folder ``resume=`` names (absolute), or None for ``resume=null`` / ``resume=auto``."""
+    value = cfg.get("resume")
+    if value in (None, "", AUTO):
+        return None
+    return Path(to_absolute_path(str(value)))
+
+
+def prepare(cfg: DictConfig, overrides: list[str], run_dir: str | Path | None = None) -> Resume:
     """Check everything about ``cfg.resume`` without writing anywhere; return the plan.
+
+    ``run_dir``: the folder this command writes; when it is the ``resume=`` folder itself,
+    the run continues in place (its ``.hydra/`` may already hold this command's config).
 
     Raises CheckpointError (missing, corrupt or mismatched checkpoint) or ConfigError
     (overrides that change more than :data:`HARMLESS_KEYS`).
     """
-    source = Path(to_absolute_path(str(cfg.resume)))
+    source = source_of(cfg)
+    in_place = run_dir is not None and Path(run_dir).absolute() == source
+    if RunFolder.is_sweep_folder(source):
+        raise CheckpointError(sweep_folder_message(source, "resume"))
     folder = RunFolder(source, create=False)
     ckpt = folder.load_checkpoint()
     saved = ckpt.config()
@@ -138,7 +161,8 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
         consistent = True
     if not consistent:
         raise CheckpointError(f"{ckpt.path} is inconsistent: its two copies of the config differ")
-    _check_belongs(folder, ckpt)
+    if not in_place:  # in place, Hydra has just written this command's config into .hydra/
+        _check_belongs(folder, ckpt)
 
     effective = effective_config(saved, cfg, overrides)
     try:
@@ -156,7 +180,102 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Resume:
     if effective.epochs < ckpt.epoch:
         raise ConfigError(f"epochs={effective.epochs} is not valid on resume: the run already completed {ckpt.epoch} epochs")
     changed = {k: v for k, v in diffs.items() if k != "resume"}
-    return Resume(source=source, config=effective, checkpoint=ckpt, changed=changed)
+    return Resume(source=source, config=effective, checkpoint=ckpt, changed=changed, in_place=in_place)
+
+
+def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -> Resume | None:
+    """What a run about to write ``run_dir`` with the composed ``cfg`` must do there:
+    a plan to continue the folder's own run (None: start fresh). Reads only.
+
+    - ``resume=<run_dir>``: continue in place, with :func:`prepare`'s rules.
+    - ``resume=<other folder>``: ``run_dir`` must hold no results (None; :func:`prepare`
+      makes the plan).
+    - ``resume=auto``: a checkpoint in ``run_dir`` whose config equals ``cfg`` (but for
+      :data:`HARMLESS_KEYS`) is continued; a folder of the same config with no checkpoint
+      yet (killed before its first one) starts again; an empty folder starts fresh.
+    - anything else in a folder that holds results (another config, ``resume=null``, a
+      sweep folder) raises :class:`FolderTaken`: nothing there may change.
+
+    For a sweep, the same call on a trial's folder says whether to continue that trial.
+    """
+    path = Path(run_dir).absolute()
+    source = source_of(cfg)
+    if source is not None and source == path:
+        return prepare(cfg, overrides, run_dir=path)
+    if RunFolder.is_sweep_folder(path):
+        raise FolderTaken(
+            f"{path} is a sweep folder: a single run cannot write into it; give the run another hydra.run.dir"
+        )
+    folder = RunFolder(path, create=False)
+    if not path.is_dir() or not folder.holds_results():
+        return None
+    where = f"run folder {path}"
+    if source is None and cfg.get("resume") == AUTO:
+        ckpt = folder.load_checkpoint() if folder.has_checkpoint else None  # a corrupt one: CheckpointError
+        diffs = _differences_with(ckpt.config() if ckpt else _hydra_config(folder), cfg)
+        if diffs is not None and not diffs:
+            if ckpt is None:
+                log.info("resume: %s has no checkpoint yet: starting this run again there", path)
+                return None
+            changed = {k: v for k, v in config_differences(ckpt.resolved_config, _resolved(cfg)).items() if k != "resume"}
+            if cfg.epochs < ckpt.epoch:
+                raise FolderTaken(
+                    f"epochs={cfg.epochs}: {where} already completed {ckpt.epoch} epochs of this config; nothing is changed there"
+                )
+            return Resume(source=path, config=cfg, checkpoint=ckpt, changed=changed, in_place=True)
+        why = f"a different config ({_describe(dict(list(diffs.items())[:4]))})" if diffs else "a run whose config cannot be compared"
+    elif source is None:
+        why = "a run (resume=null never continues one)"
+    else:
+        why = f"a run (resume={cfg.get('resume')} continues that folder's run into a new folder, not this one)"
+    raise FolderTaken(
+        f"{where} already holds {why}; nothing was changed there. Give this run another hydra.run.dir, "
+        f"or run the folder's own command again (resume=auto) to continue it"
+    )
+
+
+def _hydra_config(folder: RunFolder) -> DictConfig | None:
+    try:
+        return folder.hydra_config()
+    except Exception:  # noqa: BLE001 - a torn .hydra/config.yaml: "cannot be compared"
+        return None
+
+
+def _differences_with(trained: DictConfig | None, cfg: DictConfig) -> dict[str, tuple[Any, Any]] | None:
+    """Non-harmless keys in which ``cfg`` differs from the config a folder's run trained
+    with (its checkpoint's, else its ``.hydra/config.yaml``); None: one of them is missing
+    or cannot be resolved."""
+    if trained is None:
+        return None
+    try:
+        saved = _resolved(trained)
+        now = _resolved(cfg)
+    except Exception:  # noqa: BLE001 - an unreadable or unresolvable config is "not the same"
+        return None
+    return {k: v for k, v in config_differences(saved, now).items() if not is_harmless(k)}
+
+
+def sweep_folder_message(path: Path, what: str) -> str:
+    """``resume=`` / ``rerun`` given a sweep's folder: say so, and how to resume a sweep."""
+    command = _sweep_command(path)
+    again = f" ({command})" if command else ""
+    return (
+        f"{path} is a sweep folder, not a run folder: to resume the sweep, run the same sweep command "
+        f"again{again}; to {what} one trial, give its folder (one of {path}/<trial>)"
+    )
+
+
+def _sweep_command(path: Path) -> str | None:
+    """The sweep's command line, from the ``multirun.yaml`` Hydra saved in its folder."""
+    import shlex
+
+    saved = path / "multirun.yaml"
+    try:
+        overrides = OmegaConf.load(saved).hydra.overrides
+        lines = [str(o) for o in (*overrides.hydra, *overrides.task) if not str(o).startswith("hydra.mode=")]
+    except Exception:  # noqa: BLE001 - no or odd multirun.yaml: the hint goes without the command
+        return None
+    return shlex.join(["python", "train.py", "-m", *lines])
 
 
 def _check_belongs(folder: RunFolder, ckpt: Checkpoint) -> None:

@@ -7,6 +7,7 @@ is the ``callbacks`` argument of :func:`run`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Any
@@ -20,12 +21,12 @@ from optimlab.config.checks import check_training_size, training_split_size
 from optimlab.engine import data as datasets
 from optimlab.engine.devices import resolve_device, resolve_precision, seed_everything
 from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evaluate, fit
-from optimlab.errors import OptimlabError
+from optimlab.errors import OptimlabError, StorageError
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.progress import ConsoleProgress
 from optimlab.observe.tensorboard import TensorBoardLogger
 from optimlab.run import describe, signals
-from optimlab.run.folder import RunFolder
+from optimlab.run.folder import SUMMARY_FILE, RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
 from optimlab.run.resume import Resume
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Keys of a scheduler config that are optimlab's, not the scheduler class's.
 SCHEDULER_KEYS = ("interval", "monitor")
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -119,6 +121,13 @@ def _end_observers(watchers: list, summary: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- summary.json
+
+
+def _storage_error(e: BaseException, folder: RunFolder) -> BaseException:
+    """An OS refusal to write (disk full, read-only) from anywhere in the run, as the one-line error."""
+    if isinstance(e, OSError) and not isinstance(e, StorageError) and e.errno in STORAGE_ERRNOS:
+        return StorageError.of(e.filename or folder.path, e)
+    return e
 
 
 def base_summary(cfg: DictConfig, folder: RunFolder, overrides: list[str]) -> dict[str, Any]:
@@ -220,16 +229,12 @@ def run(
         cfg.data.name, len(data.train), len(data.val), len(data.test),
     )  # fmt: skip
     summary.update(model=cfg.model._target_, n_parameters=n_params, status="running")
-    folder.write_summary(summary)
+    if resume is not None and resume.in_place:  # a requeue: the folder's history goes on
+        previous = folder.summary()
+        summary["resumed_from"] = previous.get("resumed_from") or resume.info()
+        summary["requeued"] = [*previous.get("requeued", []), {"epoch": resume.epoch, "at": now_iso()}]
     setup_s = time.perf_counter() - t_start
-
-    writer = FolderWriter(folder, cfg, state)
-    if resume is not None:
-        # the new folder is resumable itself even if killed before its next checkpoint
-        writer.save(state)
-        done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
-        log.info("resume: %s from %s at epoch %d/%d", done, resume.source, state.epoch, cfg.epochs)
-    watchers = observers(cfg, folder, overrides, state, n_train=len(data.train))
+    writer, watchers = FolderWriter(folder, cfg, state), []
     t_train = time.perf_counter()
     t_trained = None
 
@@ -237,27 +242,51 @@ def run(
         now = time.perf_counter()
         return {"setup_s": setup_s, "train_s": (t_trained or now) - t_train, "total_s": now - t_start}
 
-    try:
-        with signals.stop_signals():
+    # From the first "running" to the last word, SIGTERM unwinds through the except below:
+    # summary.json never says "running" for a process that is gone.
+    with signals.stop_signals():
+        try:
+            folder.write_summary(summary)
+            if resume is not None:
+                # a new folder is resumable itself even if killed before its next checkpoint
+                writer.save(state)
+                done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
+                where = "in place" if resume.in_place else f"from {resume.source}"
+                log.info("resume: %s %s at epoch %d/%d", done, where, state.epoch, cfg.epochs)
+            watchers = observers(cfg, folder, overrides, state, n_train=len(data.train))
             fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
             t_trained = time.perf_counter()
             test_loss, test_acc = evaluate(state.model, data, "test", loop)
-    except BaseException as e:
-        stopped = signals.status_of(e)
-        with signals.deferred():
-            saved = writer.save_if_at_boundary(state) if stopped else None
-            status = stopped or (e.status if isinstance(e, OptimlabError) else "failed")
-            final = final_summary(summary, cfg, state, status, durations(), error=e)
-            if stopped:
-                final["error"] = f"{stopped} ({'Ctrl-C' if stopped == 'interrupted' else 'SIGTERM'}) after {state.epoch} finished epochs"
-            folder.write_summary(final)
+        except BaseException as e:
+            stopped = signals.status_of(e)
+            error = _storage_error(e, folder)
+            if isinstance(error, StorageError):
+                logging.raiseExceptions = False  # train.log is on the same full disk: no handler tracebacks
+            with signals.deferred():
+                saved = None
+                if stopped:
+                    try:
+                        saved = writer.save_if_at_boundary(state)
+                    except StorageError:
+                        pass  # the last checkpoint on disk stays as it was
+                status = stopped or (error.status if isinstance(error, OptimlabError) else "failed")
+                final = final_summary(summary, cfg, state, status, durations(), error=error)
+                if stopped:
+                    final["error"] = f"{stopped} ({'Ctrl-C' if stopped == 'interrupted' else 'SIGTERM'}) after {state.epoch} finished epochs"
+                folder.end_summary(final)
+                _end_observers(watchers, final)
+            if saved is not None:
+                log.info("saved the state after epoch %d to %s", saved, folder.path)
+            if error is not e:
+                raise error from e
+            raise
+        with signals.deferred():  # the run is done: its last writes are not cut short
+            log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
+            summary["test"] = {"loss": test_loss, "acc": test_acc}
+            final = final_summary(summary, cfg, state, "completed", durations())
+            written = folder.end_summary(final)
             _end_observers(watchers, final)
-        if saved is not None:
-            log.info("saved the state after epoch %d to %s", saved, folder.path)
-        raise
-    log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
-    summary["test"] = {"loss": test_loss, "acc": test_acc}
-    final = final_summary(summary, cfg, state, "completed", durations())
-    folder.write_summary(final)
-    _end_observers(watchers, final)
+    if not written:
+        raise StorageError(f"cannot write {folder.path / SUMMARY_FILE}: the run completed but its summary "
+                           f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
     return final["objective"]["value"]
