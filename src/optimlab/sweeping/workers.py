@@ -1,0 +1,106 @@
+"""The life of a sweep's processes: stop signals as requests, and no orphaned workers.
+
+SIGTERM (Slurm preemption, ``kill``) to a sweep is a request to stop: a worker stops its
+running trial at once (the run saves its last finished epoch; the trial is marked to
+resume) and claims no new one; a parent forwards it to its workers and waits for them.
+A worker started by a parent also dies with it: on Linux the kernel sends it SIGTERM when
+the parent goes away, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread
+polls the parent's pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+from optimlab.run.signals import Preempted
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "OPTIMLAB_SWEEP_PARENT"  # set by a parent on the workers it starts: its pid
+PR_SET_PDEATHSIG = 1
+
+
+class Stop:
+    """Within the block, SIGTERM is remembered (``signum``), forwarded to ``children`` and
+    raised as :class:`Preempted` only inside :meth:`job` (a trial running)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.children: list[subprocess.Popen] = []
+        self._in_job = False
+        self._previous = None
+
+    def __enter__(self) -> Stop:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self.forward()
+        if self._in_job:
+            raise Preempted(f"signal {signal.Signals(signum).name}")
+
+    def forward(self) -> None:
+        if self.signum is None:
+            return
+        for proc in self.children:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(self.signum)
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        if self.signum is not None:
+            raise Preempted(f"signal {signal.Signals(self.signum).name}")
+        self._in_job = True
+        try:
+            yield
+        finally:
+            self._in_job = False
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker this process starts."""
+    return {**env, PARENT_ENV: str(os.getpid())}
+
+
+def die_with_parent() -> None:
+    """In a worker started by a parent: get SIGTERM when the parent goes away."""
+    raw = os.environ.pop(PARENT_ENV, None)  # not inherited by the trials' own processes
+    if not raw:
+        return
+    parent = int(raw)
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        threading.Thread(target=_poll_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _poll_parent(parent: int, interval: float = 1.0) -> None:
+    stop = threading.Event()
+    while not stop.wait(interval):
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
