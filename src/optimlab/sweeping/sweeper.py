@@ -43,6 +43,7 @@ from optimlab.run.signals import EXIT_CODES, status_of
 from optimlab.sweeping import attempts, summary, upstream, workers
 from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
+from optimlab.sweeping import storage as storages
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class OptimlabSweeperImpl(Sweeper):
         if cfg.get("seed") is not None:
             # resumed or parallel workers must not replay the same random startup trials
             cfg["seed"] = int(cfg["seed"]) + offset + 1000 * self.worker_index
-        return instantiate(cfg)
+        return instantiate(upstream.sampler_kwargs(cfg))
 
     def _directions(self) -> list[str]:
         return upstream.directions(self.direction)
@@ -163,16 +164,16 @@ class OptimlabSweeperImpl(Sweeper):
         heartbeat = self.heartbeat_interval if is_rdb(url) else None
         for attempt in range(5):  # several workers may create the tables and the study at once
             try:
-                storage = open_storage(url, heartbeat, self.grace_period, self.max_retry)
+                storage = open_storage(url, heartbeat, self.grace_period)
                 self.storage_obj = storage
                 return optuna.create_study(
                     study_name=self.study_name, storage=storage, directions=self._directions(),
                     sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.pruner_cfg), load_if_exists=True,
                 )  # fmt: skip
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001
                 storage_cache.clear()
                 if attempt == 4:
-                    raise
+                    raise storages.open_error(url, e) from None
                 time.sleep(0.2 + random.random())
         raise AssertionError("unreachable")
 
@@ -189,6 +190,10 @@ class OptimlabSweeperImpl(Sweeper):
                 self._sweep(arguments)
             except KeyboardInterrupt:
                 self.stop.signum = signal.SIGINT
+            except OptimlabError as e:  # one line, as the checks before the sweep print theirs
+                sys.stderr.write(f"Error: {e}\n")
+                sys.stderr.flush()
+                raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
                 status = "interrupted" if self.stop.signum == signal.SIGINT else "preempted"
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
@@ -198,11 +203,14 @@ class OptimlabSweeperImpl(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
+        # bad storages and folders are one line each, before anything is written
+        storages.check_writable(self.sweep_dir / trial_dir_name(0), f"hydra.sweep.dir={self.sweep_dir}")
+        storages.check(self.storage_url)
         self.base_overrides = self._base_overrides()
 
         study = self._open_study(self.storage_url)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.sampler = self._make_sampler(offset=len(study.get_trials(deepcopy=False)))
         if self._is_grid():
             grid = space.grid()

@@ -112,6 +112,23 @@ def search_space(
     return SearchSpace(distributions, fixed, extender)
 
 
+# Sampler arguments that hydra-optuna-sweeper's schema always passes (at its defaults) and
+# Optuna has since deprecated (a FutureWarning on every sweep): dropped when left at the
+# upstream default, so Optuna's own default applies; a value the user set is passed on.
+DEPRECATED_SAMPLER_ARGS = {
+    "optuna.samplers.TPESampler": {
+        "consider_prior": True, "prior_weight": 1.0, "consider_magic_clip": True,
+        "consider_endpoints": False, "warn_independent_sampling": True,
+    },
+}  # fmt: skip
+
+
+def sampler_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The sampler config without upstream defaults of arguments Optuna deprecated."""
+    stale = DEPRECATED_SAMPLER_ARGS.get(str(cfg.get("_target_")), {})
+    return {k: v for k, v in cfg.items() if not (k in stale and v == stale[k])}
+
+
 def directions(direction: Any) -> list[str]:
     """``maximize`` / ``[maximize, minimize]`` / upstream's Direction enum → Optuna's strings."""
     items = direction if isinstance(direction, Sequence) and not isinstance(direction, str) else [direction]
