@@ -26,3 +26,23 @@ if _SPEC:
             yield batch
 
     DeviceData.train_batches = _train_batches
+
+# ``OPTIMLAB_HANG_AT=E``: the process waits (for a signal) just before the first training
+# step of epoch E, i.e. right after epoch E-1 was written: a trial caught mid-run for sure.
+_HANG = os.environ.get("OPTIMLAB_HANG_AT")
+
+if _HANG:
+    import time
+
+    from optimlab.engine.data import DeviceData
+
+    _hang_epoch = int(_HANG)
+    _batches_to_hang = DeviceData.train_batches
+
+    def _hanging_batches(self, batch_size, seed, epoch):
+        if epoch + 1 == _hang_epoch:
+            while True:
+                time.sleep(0.1)
+        yield from _batches_to_hang(self, batch_size, seed, epoch)
+
+    DeviceData.train_batches = _hanging_batches
