@@ -41,9 +41,9 @@ from optimlab.errors import OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
 from optimlab.sweeping import attempts, summary, upstream, workers
+from optimlab.sweeping import storage as storages
 from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
-from optimlab.sweeping import storage as storages
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
 
 log = logging.getLogger(__name__)
@@ -480,7 +480,8 @@ class OptimlabSweeperImpl(Sweeper):
             self.stop.children = procs  # SIGTERM to this process goes on to every worker
             log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
                      f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
-        self.stop.forward()  # a SIGTERM that came while the workers were starting
+        if self.stop.signum is not None:  # it came while the workers were starting
+            self.stop.forward()
         try:
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:

@@ -28,32 +28,44 @@ PARENT_ENV = "OPTIMLAB_SWEEP_PARENT"  # set by a parent on the workers it starts
 PR_SET_PDEATHSIG = 1
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _raise(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Preempted(f"signal {signal.Signals(signum).name}")
+
+
 class Stop:
-    """Within the block, SIGTERM is remembered (``signum``), forwarded to ``children`` and
-    raised as :class:`Preempted` only inside :meth:`job` (a trial running)."""
+    """Within the block, SIGTERM and Ctrl-C are remembered (``signum``), forwarded to
+    ``children`` and raised (Preempted / KeyboardInterrupt) only inside :meth:`job`, while
+    a trial runs: never half-way through claiming or telling a trial."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.children: list[subprocess.Popen] = []
         self._in_job = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self) -> Stop:
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         except ValueError:  # not the main thread
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        first = self.signum is None
         self.signum = signum
-        self.forward()
-        if self._in_job:
-            raise Preempted(f"signal {signal.Signals(signum).name}")
+        if first:  # a second signal (Ctrl-C reaches a worker from its terminal and its parent) only waits
+            self.forward()
+            if self._in_job:
+                _raise(signum)
 
     def forward(self) -> None:
         if self.signum is None:
@@ -66,7 +78,7 @@ class Stop:
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
         if self.signum is not None:
-            raise Preempted(f"signal {signal.Signals(self.signum).name}")
+            _raise(self.signum)
         self._in_job = True
         try:
             yield
