@@ -10,6 +10,8 @@ PRUNED) trials in the study in total, so running the command again completes the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -371,7 +373,10 @@ class OptimlabSweeperImpl(Sweeper):
             trial.set_user_attr("best_epoch", (run.get("objective") or {}).get("best_epoch"))
         if ret.status != JobStatus.COMPLETED:
             try:
-                ret.return_value  # re-raises the job's exception
+                # re-raises the job's exception; Hydra's "Error executing job" line on stderr is
+                # dropped: the trial's end is logged below, as one line
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ret.return_value
             except Pruned as e:
                 self._tell_safely(study, trial, TrialState.PRUNED, None)
                 log.info("trial %d PRUNED: %s", trial.number, e)
