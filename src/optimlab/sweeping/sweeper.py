@@ -251,12 +251,12 @@ class OptimlabSweeperImpl(Sweeper):
     def _worker_loop(self, study, space: upstream.SearchSpace, session: str) -> None:
         poll = max(0.5, min(2.0, (self.heartbeat_interval or 2) / 2))
         while self.stop.signum is None:
+            self._reap(study)  # first: a dead owner on this host gives the precise reason
             if self._heartbeat:
                 try:
                     optuna.storages.fail_stale_trials(study)
                 except Exception as e:  # noqa: BLE001 - the stale trial is FAIL already; go on
                     log.warning("could not check for dead workers' trials: %s", e)
-            self._reap(study)
             trials = study.get_trials(deepcopy=False)
             self._check_failures(trials, session)
             done = sum(t.state in DONE for t in trials)
