@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,6 +116,29 @@ def test_sigkilled_worker_trial_resumes_on_rerun(tmp_path, kind, reference):
     rows = {int(r["number"]): r for r in trials_csv(tmp_path, "k")}
     assert (rows[0]["state"], rows[0]["status"]) == ("FAIL", "died")
     assert rows[0]["reason"] == dead.user_attrs["fail_reason"]
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_of_two_on_the_default_journal(tmp_path):
+    # n_workers=2 uses the journal file; the worker running trial 0 dies in epoch 2
+    args = sweep_args("w", "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=2")
+    first = train_cli(*args, cwd=tmp_path, env={"PYTHONPATH": FAULTS, "OPTIMLAB_KILL_AT": "2:1", "OPTIMLAB_KILL_TRIAL": "0"})
+    # the other worker continues trial 0 once it sees its owner gone, or it had already
+    # stopped: either way the parent says which worker died, in one line
+    assert first.returncode == 1
+    line = one_line_error(first)
+    assert re.fullmatch(r"Error: worker\(s\) [01] exited with code -9; .* Run the same command to resume the study\.", line), line
+
+    ok(train_cli(*args, cwd=tmp_path))  # the same command again
+    study = load(journal(tmp_path, "w"))
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states and "WAITING" not in states
+    dead = study.trials[0]
+    assert dead.state.name == "FAIL" and dead.user_attrs["fail_reason"].endswith("died")
+    (continued,) = [t for t in study.trials if t.user_attrs.get("resume_of") == 0]
+    assert continued.state.name == "COMPLETE" and continued.params == dead.params
+    summary = json.loads((tmp_path / "multirun" / "w" / f"trial_{continued.number:04d}" / "summary.json").read_text())
+    assert summary["resumed_from"]["epoch"] == 1
 
 
 def start_two_workers(tmp_path, name: str) -> subprocess.Popen:

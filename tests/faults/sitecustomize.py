@@ -3,7 +3,7 @@
 ``OPTIMLAB_KILL_AT=E`` or ``E:S`` makes the process SIGKILL itself just before training
 step S (default 0) of epoch E (1-based): "3" = right after epoch 2 ended and was
 checkpointed; "3:5" = in the middle of epoch 3. A real kill at an exact point, with no
-hook in optimlab itself.
+hook in optimlab itself. ``OPTIMLAB_KILL_TRIAL=N``: only while the process runs sweep trial N.
 """
 
 import os
@@ -21,9 +21,15 @@ if _SPEC:
 
     def _train_batches(self, batch_size, seed, epoch):
         for step, batch in enumerate(_batches(self, batch_size, seed, epoch)):
-            if (epoch + 1, step) == _KILL:
+            if (epoch + 1, step) == _KILL and _is_the_trial():
                 os.kill(os.getpid(), signal.SIGKILL)
             yield batch
+
+    def _is_the_trial():
+        import json
+
+        wanted = os.environ.get("OPTIMLAB_KILL_TRIAL")
+        return wanted is None or json.loads(os.environ.get("OPTIMLAB_TRIAL", "{}")).get("number") == int(wanted)
 
     DeviceData.train_batches = _train_batches
 
