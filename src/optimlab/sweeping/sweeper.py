@@ -185,7 +185,7 @@ class OptimlabSweeperImpl(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         with workers.Stop() as self.stop:
-            workers.die_with_parent()
+            workers.die_with_parent(self.stop)
             try:
                 self._sweep(arguments)
             except KeyboardInterrupt:

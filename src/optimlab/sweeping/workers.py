@@ -91,28 +91,30 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, PARENT_ENV: str(os.getpid())}
 
 
-def die_with_parent() -> None:
-    """In a worker started by a parent: get SIGTERM when the parent goes away."""
+def die_with_parent(stop: Stop) -> None:
+    """In a worker started by a parent: get SIGTERM when the parent goes away.
+
+    The kernel's signal comes at once (Linux); a thread that polls the parent's pid
+    covers other systems and a signal that arrived while ignored (a run's final writes):
+    it sends SIGTERM again each second until ``stop`` has taken one.
+    """
     raw = os.environ.pop(PARENT_ENV, None)  # not inherited by the trials' own processes
     if not raw:
         return
     parent = int(raw)
-    armed = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
-            armed = False
-    if not armed:
-        threading.Thread(target=_poll_parent, args=(parent,), daemon=True).start()
+            pass
+    threading.Thread(target=_poll_parent, args=(parent, stop), daemon=True).start()
     if os.getppid() != parent:  # the parent died before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _poll_parent(parent: int, interval: float = 1.0) -> None:
-    stop = threading.Event()
-    while not stop.wait(interval):
-        if os.getppid() != parent:
+def _poll_parent(parent: int, stop: Stop, interval: float = 1.0) -> None:
+    tick = threading.Event()
+    while not tick.wait(interval):
+        if os.getppid() != parent and stop.signum is None:
             os.kill(os.getpid(), signal.SIGTERM)
-            return
