@@ -12,7 +12,7 @@ import optuna
 import pytest
 from conftest import TRAIN_PY
 from hydra import compose, initialize_config_dir
-from optuna.storages import JournalStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from pg_fixture import postgres_url  # noqa: F401  (fixture)
 from test_sweep import SWEEP_TINY, ok, sweep
@@ -99,10 +99,30 @@ def test_killed_worker_trial_fails_and_is_retried(tmp_path, postgres_url):  # no
     study = optuna.load_study(study_name="killed", storage=open_storage(postgres_url))
     dead = study.trials[0]
     assert dead.state.name == "FAIL"
+    assert dead.user_attrs["fail_reason"].endswith("died")  # its owner's pid is gone: no need to wait for heartbeats
     assert [t.state.name for t in study.trials].count("COMPLETE") == 3
-    retried = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == dead.number]
+    retried = [t for t in study.trials if t.user_attrs.get("resume_of") == dead.number]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert retried[0].params == dead.params
+
+
+@pytest.mark.slow
+def test_trial_of_a_silent_host_fails_by_heartbeat_and_continues(tmp_path, postgres_url):  # noqa: F811
+    # a trial claimed by a worker on another host that stopped sending heartbeats
+    storage = open_storage(postgres_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="silent", storage=storage, direction="maximize")
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.1)})
+    trial.set_user_attr("owner", {"host": "elsewhere", "pid": 1, "started": 0.0})
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("silent"), 0))
+    time.sleep(3)  # longer than grace_period: the trial is stale before the sweep starts
+    ok(sweep(tmp_path, *FAST, f"hydra.sweeper.storage='{postgres_url}'", "hydra.sweeper.study_name=silent",
+             "hydra.sweeper.n_trials=1", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2", name="hb"))  # fmt: skip
+    study = optuna.load_study(study_name="silent", storage=open_storage(postgres_url))
+    silent, continued = study.trials
+    assert silent.state.name == "FAIL" and continued.state.name == "COMPLETE"
+    assert continued.user_attrs["resume_of"] == 0 and continued.params == silent.params
+    rows = (tmp_path / "multirun" / "hb" / "trials.csv").read_text().splitlines()
+    assert "no heartbeat from its worker (worker pid 1 on host elsewhere died)" in rows[1]
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 ``OPTIMLAB_KILL_AT=E`` or ``E:S`` makes the process SIGKILL itself just before training
 step S (default 0) of epoch E (1-based): "3" = right after epoch 2 ended and was
 checkpointed; "3:5" = in the middle of epoch 3. A real kill at an exact point, with no
-hook in optimlab itself.
+hook in optimlab itself. ``OPTIMLAB_KILL_TRIAL=N``: only while the process runs sweep trial N.
 
 ``OPTIMLAB_PAUSE_AT=E[:S]`` with ``OPTIMLAB_PAUSE_FILE=<path>`` pauses the run at the same
 kind of point instead: it writes its pid to ``<path>`` and waits there until the file is
@@ -40,10 +40,36 @@ if _KILL or _PAUSE:
 
     def _train_batches(self, batch_size, seed, epoch):
         for step, batch in enumerate(_batches(self, batch_size, seed, epoch)):
-            if (epoch + 1, step) == _KILL:
+            if (epoch + 1, step) == _KILL and _is_the_trial():
                 os.kill(os.getpid(), signal.SIGKILL)
             if (epoch + 1, step) == _PAUSE:
                 _pause()
             yield batch
 
+    def _is_the_trial():
+        import json
+
+        wanted = os.environ.get("OPTIMLAB_KILL_TRIAL")
+        return wanted is None or json.loads(os.environ.get("OPTIMLAB_TRIAL", "{}")).get("number") == int(wanted)
+
     DeviceData.train_batches = _train_batches
+
+# ``OPTIMLAB_HANG_AT=E``: the process waits (for a signal) just before the first training
+# step of epoch E, i.e. right after epoch E-1 was written: a trial caught mid-run for sure.
+_HANG = os.environ.get("OPTIMLAB_HANG_AT")
+
+if _HANG:
+    import time
+
+    from optimlab.engine.data import DeviceData
+
+    _hang_epoch = int(_HANG)
+    _batches_to_hang = DeviceData.train_batches
+
+    def _hanging_batches(self, batch_size, seed, epoch):
+        if epoch + 1 == _hang_epoch:
+            while True:
+                time.sleep(0.1)
+        yield from _batches_to_hang(self, batch_size, seed, epoch)
+
+    DeviceData.train_batches = _hanging_batches

@@ -83,11 +83,15 @@ class OptimlabSweeperConf(OptunaSweeperConf):
     # asynchronous worker processes started by this command, each ask → run → tell
     n_workers: int = 1
     # stop when this sweep's failed trials exceed max_failures, or their share of the
-    # trials this sweep finished exceeds max_failure_rate
+    # trials this sweep finished exceeds max_failure_rate; max_failures=null: stop only
+    # when n_trials trials in a row failed
     max_failures: Optional[int] = 5
     max_failure_rate: float = 1.0
     # RDB storages: a worker's running trial sends a heartbeat every heartbeat_interval s;
-    # after grace_period s without one it is marked FAIL and retried (max_retry times)
+    # after grace_period s without one it is marked FAIL. On every storage a worker marks
+    # FAIL the trials of dead workers on its host (owner pid gone). Such a trial continues
+    # from its last checkpoint with the same params, up to max_retry times (a trial stopped
+    # by SIGTERM / Ctrl-C always continues)
     heartbeat_interval: Optional[int] = 10
     grace_period: Optional[int] = 30
     max_retry: int = 1

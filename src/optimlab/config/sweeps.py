@@ -209,9 +209,80 @@ class SweepChecks(Callback):
         except ConfigError as e:
             raise SweepConfigError(f"every trial would fail: {e}") from None
         validate_search_space({**params, **cli_sweeps}, config, choices=choices)
+        # a swept group option may read the knob the base config does not: then no verdict
+        unread = [] if any(k in choices for k in swept) else unread_knobs(job, swept)
+        if unread:
+            key = unread[0]
+            raise SweepConfigError(
+                f"search space {key}: the chosen config never reads {key} (e.g. optimizer="
+                f"{choices.get('optimizer')} has no {key}), so every trial would be the same run; "
+                f"pick a group option that uses it (optimizer=momentum, nesterov, adam, adamw, rmsprop) or drop {key} from the sweep"
+            )
         if isinstance(sweeper, DictConfig):
+            check_sweeper(sweeper)
             for what in ("sampler", "pruner"):
                 _check_target(sweeper.get(what), what)
+
+
+# hydra.sweeper keys with a lower bound: key -> (smallest allowed value, null allowed)
+SWEEPER_BOUNDS = {
+    "n_trials": (1, False), "n_jobs": (1, False), "n_workers": (1, False), "max_failures": (0, True),
+    "max_retry": (0, False), "heartbeat_interval": (1, True), "grace_period": (1, True),
+}  # fmt: skip
+DIRECTIONS = ("minimize", "maximize")
+
+
+def check_sweeper(sweeper: DictConfig) -> None:
+    """The sweeper's own settings (optimlab's or hydra-optuna-sweeper's keys, where present)."""
+    for key, (low, nullable) in SWEEPER_BOUNDS.items():
+        if key not in sweeper:
+            continue
+        value = sweeper.get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            allowed = f"an integer >= {low}" + (" or null" if nullable else "")
+            raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be {allowed}")
+    rate = sweeper.get("max_failure_rate")
+    if rate is not None and not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+        raise SweepConfigError(f"hydra.sweeper.max_failure_rate={rate}: must be a number in [0, 1]")
+    direction = sweeper.get("direction")
+    if direction is not None:
+        items = list(direction) if isinstance(direction, ListConfig) else [direction]
+        for d in items:
+            name = str(getattr(d, "name", d)).lower()
+            if name not in DIRECTIONS:
+                raise SweepConfigError(
+                    f"hydra.sweeper.direction={d}: must be minimize or maximize (or a list of them, one per "
+                    f"objective){_did_you_mean(name, DIRECTIONS)}"
+                )
+
+
+# Top-level knobs that reach a run only through interpolations in the groups' configs
+# (optimizer: lr: ${lr}); sweeping one that no chosen option reads repeats one run.
+INTERPOLATED_KNOBS = ("lr", "momentum", "weight_decay")
+
+
+def unread_knobs(job: DictConfig, keys) -> list[str]:
+    """The knobs among ``keys`` that no node of ``job`` (without Hydra's node) reads: the
+    resolved config, the knob itself left out, is the same whatever its value."""
+    found = []
+    for key in (k.lstrip("+") for k in keys):
+        if key not in INTERPOLATED_KNOBS or key not in job:
+            continue
+        resolved = []
+        for probe in (0.123, 0.456):
+            trial = copy.deepcopy(job)
+            trial[key] = probe
+            try:
+                container = OmegaConf.to_container(trial, resolve=True)
+            except Exception:  # noqa: BLE001 - an interpolation we cannot resolve here: do not guess
+                return []
+            container.pop(key, None)
+            resolved.append(container)
+        if resolved[0] == resolved[1]:
+            found.append(key)
+    return found
 
 
 def validate_base(job: DictConfig, swept: set[str]) -> None:

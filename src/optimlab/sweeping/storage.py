@@ -1,7 +1,7 @@
 """Optuna storages from one string, so that every worker, host and job opens the same study.
 
 - ``sqlite:///path.db`` (one worker), ``postgresql://…`` or any SQLAlchemy URL (many hosts):
-  an RDBStorage, with heartbeats and retry of trials whose worker died.
+  an RDBStorage, with heartbeats (a trial whose worker stops beating is marked FAIL).
 - ``journal:///path/file.journal``: Optuna's JournalFileBackend (many workers, one machine).
 """
 
@@ -9,14 +9,105 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+from hydra.errors import CompactHydraException
+
+from optimlab.errors import ConfigError
 
 JOURNAL = "journal://"
 SQLITE = "sqlite:///"
 
 _cache: dict = {}
+EXAMPLES = "sqlite:///path/optuna.db, journal:///path/optuna.journal or postgresql://user@host/db"
+
+
+class StorageError(ConfigError, CompactHydraException):
+    """A study storage that cannot be opened; printed as one line (no traceback)."""
+
+
+def check(url: str) -> None:
+    """Before anything opens ``url``: a StorageError naming it (password hidden) and what
+    to do when it is not a storage optimlab can use, or its file is damaged or not writable.
+    Reads only; changes nothing on disk."""
+    shown = f"hydra.sweeper.storage={redact(url)}"
+    if url.startswith(JOURNAL):
+        path = Path(url[len(JOURNAL):])
+        check_writable(path, shown)
+        if path.is_file() and path.stat().st_size:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                torn = f.read(1) != b"\n"
+            if torn:
+                with open(path, "rb") as f:
+                    keep = f.read().rfind(b"\n") + 1
+                raise StorageError(
+                    f"{shown}: the last line of {path} is torn (a process was killed while writing it); "
+                    f"remove it with `truncate -s {keep} {path}` (keeps the {keep} bytes of whole records) and run again"
+                )
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except Exception as e:  # noqa: BLE001 - not a URL, or no such database driver
+        raise StorageError(f"{shown} is not a storage optimlab can open ({_first_line(e)}); use {EXAMPLES}") from None
+    if url.startswith(SQLITE):
+        path = Path(url[len(SQLITE):])
+        check_writable(path, shown)
+        if path.is_file() and path.stat().st_size:
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                    result = conn.execute("PRAGMA quick_check").fetchone()
+            except sqlite3.Error as e:
+                result = (str(e),)
+            if not result or result[0] != "ok":
+                raise StorageError(
+                    f"{shown}: {path} is not a readable SQLite database ({result[0] if result else 'no answer'}); "
+                    f"restore it from a backup, or move it away to start a new study"
+                )
+    del dialect
+
+
+def check_writable(path: Path, shown: str) -> None:
+    """The file (or the folder it will be created in) must be writable by this process."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StorageError(f"{shown}: {folder} is not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"{shown}: {path} is not writable by this user; fix its permissions or copy it elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"{shown}: the folder {folder} is not writable by this user; choose a writable place")
+
+
+def open_error(url: str, error: BaseException) -> StorageError:
+    """The one line for a storage that failed to open (no password in it)."""
+    text = _first_line(error)
+    password = _password(url)
+    if password:
+        text = text.replace(password, "***")
+    return StorageError(f"cannot open hydra.sweeper.storage={redact(url)}: {text}")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def default_storage_url(sweep_dir: Path, n_workers: int) -> str:
@@ -42,14 +133,16 @@ def is_rdb(url: str) -> bool:
     return not url.startswith(JOURNAL)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int = 0):
-    """An Optuna storage for ``url`` (cached per process)."""
-    key = (url, heartbeat_interval, grace_period, max_retry)
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """An Optuna storage for ``url`` (cached per process).
+
+    With heartbeats, Optuna marks a trial FAIL when its worker stops beating; optimlab
+    (not an Optuna callback) then continues it from its checkpoint (sweeping.attempts)."""
+    key = (url, heartbeat_interval, grace_period)
     if key in _cache:
         return _cache[key]
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith(JOURNAL):
@@ -64,11 +157,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         else:
             kwargs["engine_kwargs"] = {"pool_pre_ping": True}
         if heartbeat_interval:
-            kwargs.update(
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry) if max_retry else None,
-            )
+            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = RDBStorage(_with_driver(url), **kwargs)
     _cache[key] = storage

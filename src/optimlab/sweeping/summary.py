@@ -26,7 +26,10 @@ PLOTS = ("optimization_history.png", "lr_momentum.png", "param_importances.png")
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if t.state.name != "WAITING"]
+    # an attempt failed by Optuna's heartbeat check has its reason on the trial that continues it
+    later = {t.user_attrs["resume_of"]: t.user_attrs.get("resume_reason") for t in every if "resume_of" in t.user_attrs}
     names = sorted({p for t in trials for p in t.params})
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -44,7 +47,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 "duration_s": round(duration, 3) if duration is not None else "",
                 "run_dir": a.get("run_dir", ""),
                 "host": a.get("host", ""),
-                "reason": a.get("fail_reason", ""),
+                "reason": a.get("fail_reason") or later.get(t.number) or "",
             }
         )
     return rows

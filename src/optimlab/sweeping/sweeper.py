@@ -10,6 +10,8 @@ PRUNED) trials in the study in total, so running the command again completes the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -29,6 +31,7 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus, configure_log
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -38,7 +41,9 @@ from optuna.trial import TrialState
 from optimlab.config import overrides as ovr
 from optimlab.errors import OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
-from optimlab.sweeping import summary, upstream
+from optimlab.run.signals import EXIT_CODES, status_of
+from optimlab.sweeping import attempts, summary, upstream, workers
+from optimlab.sweeping import storage as storages
 from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
@@ -58,17 +63,16 @@ WORKER_KEYS = (
 )  # fmt: skip
 
 
-class SweepError(OptimlabError):
-    """A sweep that cannot go on (too many failed trials, a worker that died)."""
+class SweepError(OptimlabError, CompactHydraException):
+    """A sweep that cannot go on (too many failed trials, a worker that died, a storage
+    that cannot be opened); Hydra prints it as one line, without a traceback."""
 
 
 def trial_dir_name(number: int) -> str:
     return f"trial_{number:04d}"
 
 
-def quote(value: Any) -> str:
-    """A Hydra override value that stays a string whatever characters it holds."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+quote = upstream.quote  # every value the sweeper generates passes through it
 
 
 class Heartbeat:
@@ -151,7 +155,7 @@ class OptimlabSweeperImpl(Sweeper):
         if cfg.get("seed") is not None:
             # resumed or parallel workers must not replay the same random startup trials
             cfg["seed"] = int(cfg["seed"]) + offset + 1000 * self.worker_index
-        return instantiate(cfg)
+        return instantiate(upstream.sampler_kwargs(cfg))
 
     def _directions(self) -> list[str]:
         return upstream.directions(self.direction)
@@ -160,16 +164,16 @@ class OptimlabSweeperImpl(Sweeper):
         heartbeat = self.heartbeat_interval if is_rdb(url) else None
         for attempt in range(5):  # several workers may create the tables and the study at once
             try:
-                storage = open_storage(url, heartbeat, self.grace_period, self.max_retry)
+                storage = open_storage(url, heartbeat, self.grace_period)
                 self.storage_obj = storage
                 return optuna.create_study(
                     study_name=self.study_name, storage=storage, directions=self._directions(),
                     sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.pruner_cfg), load_if_exists=True,
                 )  # fmt: skip
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001
                 storage_cache.clear()
                 if attempt == 4:
-                    raise
+                    raise storages.open_error(url, e) from None
                 time.sleep(0.2 + random.random())
         raise AssertionError("unreachable")
 
@@ -180,13 +184,33 @@ class OptimlabSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ sweep
 
     def sweep(self, arguments: list[str]) -> None:
+        with workers.Stop() as self.stop:
+            workers.die_with_parent(self.stop)
+            try:
+                self._sweep(arguments)
+            except KeyboardInterrupt:
+                self.stop.signum = signal.SIGINT
+            except OptimlabError as e:  # one line, as the checks before the sweep print theirs
+                sys.stderr.write(f"Error: {e}\n")
+                sys.stderr.flush()
+                raise SystemExit(e.exit_code) from None
+            if self.stop.signum is not None:
+                status = "interrupted" if self.stop.signum == signal.SIGINT else "preempted"
+                log.error("sweep %s by %s: its running trials resume when the same command runs again",
+                          status, signal.Signals(self.stop.signum).name)  # fmt: skip
+                raise SystemExit(EXIT_CODES[status])
+
+    def _sweep(self, arguments: list[str]) -> None:
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
+        # bad storages and folders are one line each, before anything is written
+        storages.check_writable(self.sweep_dir / trial_dir_name(0), f"hydra.sweep.dir={self.sweep_dir}")
+        storages.check(self.storage_url)
         self.base_overrides = self._base_overrides()
 
         study = self._open_study(self.storage_url)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.sampler = self._make_sampler(offset=len(study.get_trials(deepcopy=False)))
         if self._is_grid():
             grid = space.grid()
@@ -226,12 +250,13 @@ class OptimlabSweeperImpl(Sweeper):
 
     def _worker_loop(self, study, space: upstream.SearchSpace, session: str) -> None:
         poll = max(0.5, min(2.0, (self.heartbeat_interval or 2) / 2))
-        while True:
+        while self.stop.signum is None:
+            self._reap(study)  # first: a dead owner on this host gives the precise reason
             if self._heartbeat:
                 try:
                     optuna.storages.fail_stale_trials(study)
                 except Exception as e:  # noqa: BLE001 - the stale trial is FAIL already; go on
-                    log.warning("could not retry a dead worker's trial: %s", e)
+                    log.warning("could not check for dead workers' trials: %s", e)
             trials = study.get_trials(deepcopy=False)
             self._check_failures(trials, session)
             done = sum(t.state in DONE for t in trials)
@@ -254,16 +279,35 @@ class OptimlabSweeperImpl(Sweeper):
                 continue  # another worker took the last slot: look again
             self._run_batch(study, batch, space, session)
 
+    def _reap(self, study) -> None:
+        """Mark FAIL (resumable) the RUNNING trials whose worker on this host is gone."""
+        if not attempts.dead_on_this_host(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+            return
+        with study_lock(self.storage_url, self.study_name):  # look again: another worker may be at it
+            for trial in attempts.dead_on_this_host(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+                owner = trial.user_attrs[attempts.OWNER]
+                attempts.mark_dead(study, self.storage_obj, trial, attempts.died_reason(owner), attempts.DIED)
+
     def _claim(self, study) -> list:
-        """Up to ``n_jobs`` new trials, as many as the study still has room for.
+        """Up to ``n_jobs`` trials, as many as the study still has room for: first the
+        continuations of dead or stopped attempts (same params), then new ones.
 
         Counting and asking happen under the study's lock, so of two workers racing for
         the last slot exactly one creates a trial, and the loser leaves nothing behind.
+        Each trial records its owner (this process) before the lock is released.
         """
         with study_lock(self.storage_url, self.study_name):
-            trials = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
-            room = self.n_trials - len(trials)
-            return [study.ask() for _ in range(min(self.n_jobs, room))]
+            trials = study.get_trials(deepcopy=False)
+            room = min(self.n_jobs, self.n_trials - sum(t.state in (*DONE, TrialState.RUNNING) for t in trials))
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            # a continuation's params come from a WAITING trial, which ask() takes first
+            for dead in attempts.pending(trials, self.max_retry)[: max(0, room - waiting)]:
+                study.enqueue_trial(dict(dead.params), user_attrs=attempts.continuation_attrs(dead))
+            batch = [study.ask() for _ in range(max(0, room))]
+            owner = attempts.me()
+            for trial in batch:
+                trial.set_user_attr(attempts.OWNER, owner)
+            return batch
 
     def _job_overrides(self, trial) -> list[str]:
         link = TrialLink(storage=self.storage_url, study=self.study_name, number=trial.number)
@@ -280,6 +324,13 @@ class OptimlabSweeperImpl(Sweeper):
     def _run_batch(self, study, batch, space: upstream.SearchSpace, session: str) -> None:
         host = socket.gethostname()
         overrides = [space.configure(trial, self.config) for trial in batch]
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for trial, extra in zip(batch, overrides):
+            dead = trial.user_attrs.get(attempts.RESUME_OF)
+            source = attempts.resume_source(by_number, dead) if dead is not None else None
+            if source is not None:
+                extra += attempts.resume_overrides(source, quote)
+                log.info("trial %d continues trial %d from %s", trial.number, dead, source)
         for trial in batch:
             trial.set_user_attr("session", session)
             trial.set_user_attr("host", host)
@@ -289,12 +340,23 @@ class OptimlabSweeperImpl(Sweeper):
         beat = self.heartbeat_interval if self._heartbeat else None
         with Heartbeat(self.storage_obj, [self._trial_id(t) for t in batch] if beat else [], beat):
             try:
-                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+                with self.stop.job():
+                    returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
             except BaseException as e:
-                reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+                stopped = status_of(e)
                 for trial in batch:
-                    self._fail(study, trial, reason)
+                    if stopped:  # the run saved its last finished epoch: the trial goes on from there
+                        how = "Ctrl-C" if stopped == "interrupted" else "SIGTERM"
+                        trial.set_user_attr(attempts.RESUMABLE, True)
+                        trial.set_user_attr("status", stopped)
+                        self._fail(study, trial, f"worker pid {os.getpid()} on host {host} stopped by {how} ({stopped})")
+                    else:
+                        self._fail(study, trial, f"{type(e).__name__}: {e}")
                 summary.write_tables(study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
+                if stopped:
+                    if self.stop.signum is None:
+                        self.stop.signum = signal.SIGINT if stopped == "interrupted" else signal.SIGTERM
+                    return
                 raise
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
         for trial, ret in zip(batch, returns):
@@ -311,7 +373,10 @@ class OptimlabSweeperImpl(Sweeper):
             trial.set_user_attr("best_epoch", (run.get("objective") or {}).get("best_epoch"))
         if ret.status != JobStatus.COMPLETED:
             try:
-                ret.return_value  # re-raises the job's exception
+                # re-raises the job's exception; Hydra's "Error executing job" line on stderr is
+                # dropped: the trial's end is logged below, as one line
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ret.return_value
             except Pruned as e:
                 self._tell_safely(study, trial, TrialState.PRUNED, None)
                 log.info("trial %d PRUNED: %s", trial.number, e)
@@ -355,13 +420,24 @@ class OptimlabSweeperImpl(Sweeper):
                 raise
 
     def _check_failures(self, trials, session: str) -> None:
-        mine = [t for t in trials if t.user_attrs.get("session") == session and t.state.is_finished()]
+        # an attempt stopped by a signal or a dead worker is not a failure of its params: it resumes
+        mine = [t for t in trials if t.user_attrs.get("session") == session and t.state.is_finished()
+                and not t.user_attrs.get(attempts.RESUMABLE)]  # fmt: skip
+        mine.sort(key=lambda t: t.number)
         failed = [t for t in mine if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
         if not failed:
             return
+        last = failed[-1]
+        if self.max_failures is None:  # no limit of its own, but a sweep that only fails ends
+            in_a_row = len(mine) - max((i + 1 for i, t in enumerate(mine) if t.state != TrialState.FAIL), default=0)
+            if in_a_row >= self.n_trials:
+                raise SweepError(
+                    f"stopping the sweep: its last {in_a_row} trials failed in a row (hydra.sweeper.max_failures=null "
+                    f"stops after n_trials={self.n_trials} failures in a row); last: trial {last.number}: "
+                    f"{last.user_attrs['fail_reason']}"
+                )
         too_many = self.max_failures is not None and len(failed) > self.max_failures
         if too_many or len(failed) / len(mine) > self.max_failure_rate:
-            last = max(failed, key=lambda t: t.number)
             raise SweepError(
                 f"stopping the sweep: {len(failed)} of the {len(mine)} trials it finished failed "
                 f"(hydra.sweeper.max_failures={self.max_failures}, max_failure_rate={self.max_failure_rate}); "
@@ -405,9 +481,12 @@ class OptimlabSweeperImpl(Sweeper):
             # N workers on one machine share its cores: N processes each running torch's
             # default of one thread per core oversubscribe the CPU and all slow down.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.n_workers)))
-            procs.append(subprocess.Popen(self._worker_command(i, session), env=env))
+            procs.append(subprocess.Popen(self._worker_command(i, session), env=workers.child_env(env)))
+            self.stop.children = procs  # SIGTERM to this process goes on to every worker
             log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
                      f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
+        if self.stop.signum is not None:  # it came while the workers were starting
+            self.stop.forward()
         try:
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
@@ -419,6 +498,8 @@ class OptimlabSweeperImpl(Sweeper):
             raise
         finally:
             self._finalize(study)
+        if self.stop.signum is not None:
+            return  # the workers stopped as asked; sweep() says so
         self._check_failures(study.get_trials(deepcopy=False), session)
         bad = [(i, c) for i, c in enumerate(codes) if c != 0]
         if bad:

@@ -10,6 +10,7 @@ upstream plugin (Hydra 1.4 changed ``create_params_from_overrides`` and removed
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,13 +58,23 @@ class SearchSpace:
         overlap = trial.params.keys() & self.fixed.keys()
         if overlap:
             raise ValueError(f"these keys are both fixed and searched: {sorted(overlap)}")
-        return [f"{name}={value}" for name, value in {**trial.params, **self.fixed}.items()]
+        # a sampled string stays a string (a choice such as 8e771234 or inf would parse as a float)
+        sampled = [f"{name}={quote(v) if isinstance(v, str) else v}" for name, v in trial.params.items()]
+        return sampled + [f"{name}={value}" for name, value in self.fixed.items()]
 
     def grid(self) -> dict[str, list[Any]]:
         """The values a GridSampler walks through (discrete distributions only)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return {name: _to_grid(dist) for name, dist in self.distributions.items()}
+
+
+def quote(value: Any) -> str:
+    """A Hydra override value that stays a string whatever characters it holds."""
+    # Hydra's quoted strings: backslashes escape only a quote or the closing quote after them
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text + "'"
 
 
 def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
@@ -110,6 +121,23 @@ def search_space(
     distributions = {k: modern(d) for k, d in {**legacy, **found}.items() if k not in fixed}
     extender = instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
     return SearchSpace(distributions, fixed, extender)
+
+
+# Sampler arguments that hydra-optuna-sweeper's schema always passes (at its defaults) and
+# Optuna has since deprecated (a FutureWarning on every sweep): dropped when left at the
+# upstream default, so Optuna's own default applies; a value the user set is passed on.
+DEPRECATED_SAMPLER_ARGS = {
+    "optuna.samplers.TPESampler": {
+        "consider_prior": True, "prior_weight": 1.0, "consider_magic_clip": True,
+        "consider_endpoints": False, "warn_independent_sampling": True,
+    },
+}  # fmt: skip
+
+
+def sampler_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The sampler config without upstream defaults of arguments Optuna deprecated."""
+    stale = DEPRECATED_SAMPLER_ARGS.get(str(cfg.get("_target_")), {})
+    return {k: v for k, v in cfg.items() if not (k in stale and v == stale[k])}
 
 
 def directions(direction: Any) -> list[str]:
