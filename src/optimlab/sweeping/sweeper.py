@@ -186,16 +186,16 @@ class OptimlabSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ sweep
 
     def sweep(self, arguments: list[str]) -> None:
+        try:
+            choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
+            check_objectives(self._directions(), self.pruner_cfg, choice)
+        except ConfigError as e:
+            refuse(e)  # before the first trial, and before anything is written
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
         self.base_overrides = self._base_overrides()
-        try:
-            choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
-            check_objectives(self._directions(), self.pruner_cfg, choice)
-        except ConfigError as e:
-            refuse(e)
 
         study = self._open_study(self.storage_url)
         self._check_study(study)
