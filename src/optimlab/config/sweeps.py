@@ -216,7 +216,7 @@ def _objective_count(config: DictConfig, sweeper: Any) -> None:
     """An explicit hydra.sweeper.direction has one direction per objective the run returns."""
     direction = sweeper.get("direction") if isinstance(sweeper, DictConfig) else None
     objective = config.get("objective")
-    if direction is None or objective is None or "optuna" not in str(sweeper.get("_target_", "")).lower():
+    if direction is None or objective is None:  # no Optuna sweeper, or one that takes the objective's
         return
     from optimlab import objective as objectives
     from optimlab.sweeping import upstream
