@@ -2,7 +2,7 @@
 ``python app.py -m hydra/sweeper=optimlab …`` in a real subprocess.
 
 It returns ``(x + y, (x - 2)**2 + y)`` (its first ``n_values`` items, or three values for
-``n_values=3``), raises for ``fail=true``, and writes the config it ran with to
+``n_values=3``; ``n_values=1``: a float), raises for ``fail=true``, and writes the config it ran with to
 ``seen.json`` in its run folder.
 """
 
@@ -29,7 +29,7 @@ def main(cfg):
     if cfg.fail:
         raise RuntimeError("asked to fail")
     values = (cfg.x + cfg.y, (cfg.x - 2) ** 2 + cfg.y, 0.0)
-    return values[: cfg.n_values]
+    return values[0] if cfg.n_values == 1 else values[: cfg.n_values]  # one objective: a float, as upstream wants
 
 if __name__ == "__main__":
     main()
@@ -77,9 +77,11 @@ def run(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
     if not (folder / "app.py").exists():
         write(folder)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags = [a for a in args if a.startswith("--")]  # --config-name=… before the overrides
+    overrides = [a for a in args if not a.startswith("--")]
     seed = [] if "hydra/sweeper/sampler=grid" in args else ["hydra.sweeper.sampler.seed=0"]  # grid: no seed
     return subprocess.run(
-        [sys.executable, "app.py", "-m", "hydra/sweeper=optimlab", *seed, *args],
+        [sys.executable, "app.py", *flags, "-m", "hydra/sweeper=optimlab", *seed, *overrides],
         cwd=folder, capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
 

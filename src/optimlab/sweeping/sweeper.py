@@ -195,7 +195,7 @@ class OptimlabSweeperImpl(Sweeper):
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
-        self.base_overrides = self._base_overrides()
+        self.base_overrides = self._base_overrides(space)
 
         study = self._open_study(self.storage_url)
         self._check_study(study)
@@ -238,8 +238,12 @@ class OptimlabSweeperImpl(Sweeper):
     def _is_grid(self) -> bool:
         return getattr(self.sampler, "func", None) is optuna.samplers.GridSampler
 
-    def _base_overrides(self) -> list[str]:
-        return [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
+    def _base_overrides(self, space: upstream.SearchSpace) -> list[str]:
+        """What every trial runs with besides its params: the command line's fixed overrides,
+        then the fixed values of ``hydra.sweeper.params`` (a single run does not read those)."""
+        cli = [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
+        typed = {ovr.key_of(line) for line in cli}
+        return cli + [f"{k}={v}" for k, v in space.fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
 
     @staticmethod
     def _n_done(study) -> int:
