@@ -225,3 +225,18 @@ def test_pareto_front_follows_the_directions():
     points = [[0.9, 10.0], [0.8, 5.0], [0.7, 6.0], None, [0.9, 10.0], [math.nan, 1.0]]
     assert objective.pareto(points, ["maximize", "minimize"]) == [True, True, False, False, True, False]
     assert objective.pareto(points, ["minimize", "maximize"]) == [True, False, True, False, True, False]
+
+
+def test_a_report_the_study_refuses_never_fails_the_trial():
+    import optuna
+
+    from optimlab.sweeping.pruning import PruningCallback
+
+    study = optuna.create_study(directions=["maximize", "minimize"])  # Trial.report raises here
+    trial = study.ask()
+    callback = PruningCallback(trial, "val_acc")
+    for epoch in (1, 2):  # no exception; the first refusal turns reporting off
+        callback.on_epoch_end(SimpleNamespace(epoch=epoch, val_acc=0.5), None)
+    assert callback.broken and study.trials[0].intermediate_values == {}
+    study.tell(trial, [0.5, 1.0])
+    assert study.trials[0].state.name == "COMPLETE"
