@@ -240,3 +240,17 @@ def test_a_report_the_study_refuses_never_fails_the_trial():
     assert callback.broken and study.trials[0].intermediate_values == {}
     study.tell(trial, [0.5, 1.0])
     assert study.trials[0].state.name == "COMPLETE"
+
+
+def test_pareto_preset_composes():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="config", overrides=["sweep=lr_momentum_pareto"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptimlabSweeper") and sweeper.pruner._target_ == "optuna.pruners.NopPruner"
+    assert set(sweeper.params) == {"lr", "momentum", "epochs"} and sweeper.study_name == "lr_momentum_pareto"
+    assert cfg.optimizer.momentum == cfg.momentum  # SGD with momentum, not plain sgd
+    assert objective.targets(cfg.objective) == (["val_acc", "train_seconds"], ["maximize", "minimize"])
