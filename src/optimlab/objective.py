@@ -1,14 +1,26 @@
-"""What "better" means for a run's objective: one definition for the runner's best epoch,
-the report's ranking, TensorBoard's best-so-far and the sweep summary."""
+"""What "better" means for a run's objective(s): one definition for the runner's best epoch,
+the report's ranking, TensorBoard's best-so-far, the sweep summary and Pareto fronts.
+
+A run returns one objective (``objective.metric``: the best value of an epoch metric over
+its epochs) or several (``objective.metrics``): each epoch metric again its best over the
+epochs, each run metric one value for the whole run.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from statistics import harmonic_mean
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 DIRECTIONS = ("maximize", "minimize")
+# metrics.csv columns an objective can name: the best value over the run's epochs
+EPOCH_METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
+# one value per run: seconds of all its epochs (training + validation, resumed epochs
+# included), its training throughput (all images / all training time), the model's size
+RUN_METRICS = {"train_seconds": "minimize", "images_per_s": "maximize", "n_parameters": "minimize"}
+METRICS = {**EPOCH_METRICS, **RUN_METRICS}  # name -> the direction that makes it better
 
 
 def is_finite(value: Any) -> bool:
@@ -36,3 +48,79 @@ def rank_key(value: Any, direction: str) -> float:
     if not is_finite(value):
         return math.inf
     return -value if direction == "maximize" else value
+
+
+# --------------------------------------------------------------------------- several objectives
+
+
+def targets(objective: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The objectives a run returns, as (metrics, directions): ``objective.metrics`` and
+    ``objective.directions`` (default: each metric's own direction) when ``metrics`` is set,
+    else the one ``objective.metric`` / ``objective.direction``."""
+    metrics = objective.get("metrics")
+    if metrics:
+        directions = objective.get("directions") or [METRICS.get(str(m), "minimize") for m in metrics]
+        return [str(m) for m in metrics], [str(d) for d in directions]
+    return [str(objective.get("metric", "val_acc"))], [str(objective.get("direction", "maximize"))]
+
+
+def summarize(objective: Mapping[str, Any], history: Sequence[Any], n_parameters: int | None) -> dict[str, Any]:
+    """summary.json's ``objective``: metric, direction, value and best epoch of the (first)
+    objective; with several objectives also ``metrics``, ``directions`` and ``values``.
+
+    ``history``: the run's epochs (objects with the metrics.csv columns as attributes)."""
+    metrics, directions = targets(objective)
+    values, epochs = [], []
+    for metric, direction in zip(metrics, directions):
+        value, epoch = _value(metric, direction, history, n_parameters)
+        values.append(value)
+        epochs.append(epoch)
+    out = {"metric": metrics[0], "direction": directions[0], "value": values[0], "best_epoch": epochs[0]}
+    if objective.get("metrics"):
+        out.update(metrics=metrics, directions=directions, values=values)
+    return out
+
+
+def returned(summary_objective: Mapping[str, Any]) -> float | tuple[float, ...]:
+    """What a run returns to Hydra (and a sweeper): its value, or the tuple of its values."""
+    values = summary_objective.get("values")
+    return tuple(values) if values is not None else summary_objective["value"]
+
+
+def _value(metric: str, direction: str, history: Sequence[Any], n_parameters: int | None) -> tuple[float, int | None]:
+    if metric in EPOCH_METRICS:
+        found = best(history, lambda r: getattr(r, metric), direction)
+        return (getattr(found, metric), found.epoch) if found else (math.nan, None)
+    if metric == "train_seconds":
+        return (sum(r.seconds for r in history) if history else math.nan), None
+    if metric == "images_per_s":
+        rates = [r.images_per_s for r in history if is_finite(r.images_per_s) and r.images_per_s > 0]
+        return (harmonic_mean(rates) if rates else math.nan), None
+    if metric == "n_parameters":
+        return (float(n_parameters) if n_parameters is not None else math.nan), None
+    raise ValueError(f"unknown objective metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+def pareto(points: Sequence[Sequence[float] | None], directions: Sequence[str]) -> list[bool]:
+    """For each point (one value per direction), whether it is Pareto-optimal: no other
+    point is at least as good in every objective and better in one. Decided by Optuna
+    (``Study.best_trials`` of an in-memory study); a point with a missing or non-finite
+    value is never optimal."""
+    import optuna
+
+    usable = [i for i, p in enumerate(points) if p is not None and len(p) == len(directions) and all(map(is_finite, p))]
+    optimal = [False] * len(points)
+    if not usable:
+        return optimal
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(directions=list(directions), storage=optuna.storages.InMemoryStorage())
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(
+        optuna.trial.create_trial(values=[float(v) for v in points[i]], user_attrs={"index": i}) for i in usable
+    )
+    for trial in study.best_trials:
+        optimal[trial.user_attrs["index"]] = True
+    return optimal

@@ -8,6 +8,8 @@ for grid multiruns (job folders ``0``, ``1``, ...), Optuna sweeps (``trial_NNNN`
 folders) and folders still being written: a run without a summary yet is shown as
 ``incomplete``, a running one with its best epoch so far. Writes ``report.csv`` and
 ``report.png`` (validation curves of the top runs) into the folder (or ``--out``).
+Runs with several objectives (``objective.metrics``) are marked ``*`` when Pareto-optimal
+among the runs and listed first, each group by the first objective.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class Run:
     duration_s: float | None
     error: str | None
     rows: list[dict[str, float]] = field(repr=False, default_factory=list)
+    # several objectives: their names, directions and this run's values (None: none yet)
+    metrics: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+    values: list[float] | None = None
+    pareto: bool = False
 
 
 # --------------------------------------------------------------------------- reading
@@ -115,6 +122,11 @@ def read_run(path: Path, root: Path) -> Run:
         duration_s=duration, error=summary.get("error"), rows=rows,
     )  # fmt: skip
     score(run, metric, direction, summary)
+    metrics, directions = objectives.targets(objective) if objective else ([metric], [direction])
+    if len(metrics) > 1:
+        run.metrics, run.directions = tuple(metrics), tuple(directions)
+        values = objective.get("values")
+        run.values = [_finite(v) for v in values] if values is not None else None
     return run
 
 
@@ -138,6 +150,9 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
     runs = [read_run(p, root) for p in find_runs(root)]
     if not runs:
         return [], "val_acc", "maximize"
+    several = Counter((r.metrics, r.directions) for r in runs).most_common(1)[0][0]
+    if several[0]:
+        return sort_pareto(runs, *several), several[0][0], several[1][0]
     metric, direction = Counter((r.metric, r.direction) for r in runs).most_common(1)[0][0]
     for run in runs:
         if (run.metric, run.direction) != (metric, direction):
@@ -154,6 +169,16 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
 
     runs.sort(key=order)
     return runs, metric, direction
+
+
+def sort_pareto(runs: list[Run], metrics: tuple[str, ...], directions: tuple[str, ...]) -> list[Run]:
+    """Mark the Pareto-optimal runs (several objectives); they come first, then the others,
+    each group by the first objective. Runs of other objectives are never optimal."""
+    points = [r.values if r.metrics == metrics else None for r in runs]
+    for run, optimal in zip(runs, objectives.pareto(points, directions)):
+        run.pareto = optimal
+    first = lambda r: r.values[0] if r.values and r.metrics == metrics else None  # noqa: E731
+    return sorted(runs, key=lambda r: (not r.pareto, objectives.rank_key(first(r), directions[0]), natural_key(r.name)))
 
 
 def varying(runs: list[Run]) -> tuple[list[str], dict[str, str]]:
@@ -200,16 +225,26 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def table(runs: list[Run], metric: str, params: list[str]) -> str:
-    header = ["#", "run", *params, "status", f"best {metric}", "epoch", "final val_acc", "final val_loss",
-              "test_acc", "epochs", "time"]  # fmt: skip
+def _objective_value(metric: str, x: Any) -> str:
+    return _num(x, 0) if metric == "n_parameters" else _num(x)
+
+
+def table(runs: list[Run], metric: str, params: list[str], metrics: tuple[str, ...] = ()) -> str:
+    """The runs, one row each; ``metrics``: several objectives (a Pareto column and one per objective)."""
+    goal = ["pareto", *metrics] if metrics else [f"best {metric}", "epoch"]
+    header = ["#", "run", *params, "status", *goal, "final val_acc", "final val_loss", "test_acc", "epochs", "time"]
     body = []
     for rank, run in enumerate(runs, 1):
         epochs = f"{run.epochs_done}/{run.epochs}" if run.epochs else str(run.epochs_done)
+        if metrics:
+            values = run.values if run.values and run.metrics == metrics else [None] * len(metrics)
+            shown = ["*" if run.pareto else "", *(_objective_value(m, v) for m, v in zip(metrics, values))]
+        else:
+            shown = [_num(run.value), str(run.best_epoch or "-")]
         body.append([
-            str(rank), run.name, *(_param(run.params.get(k)) for k in params), run.status,
-            _num(run.value), str(run.best_epoch or "-"), _num(run.final.get("val_acc")),
-            _num(run.final.get("val_loss")), _num(run.test.get("acc")), epochs, _duration(run.duration_s),
+            str(rank), run.name, *(_param(run.params.get(k)) for k in params), run.status, *shown,
+            _num(run.final.get("val_acc")), _num(run.final.get("val_loss")), _num(run.test.get("acc")), epochs,
+            _duration(run.duration_s),
         ])  # fmt: skip
     numeric = [all(_finite(r[i]) is not None or r[i] == "-" for r in body) for i in range(len(header))]
     return render(header, body, numeric)
@@ -227,7 +262,9 @@ def write_csv(runs: list[Run], metric: str, direction: str, path: Path) -> Path:
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run.params if k not in keys]
-    columns = CSV_FIXED[:3] + [f"param.{k}" for k in keys] + CSV_FIXED[3:]
+    metrics = next((r.metrics for r in runs if r.metrics), ())
+    several = ["pareto", *(f"objective.{m}" for m in metrics)] if metrics else []
+    columns = CSV_FIXED[:3] + [f"param.{k}" for k in keys] + CSV_FIXED[3:6] + several + CSV_FIXED[6:]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -246,6 +283,10 @@ def write_csv(runs: list[Run], metric: str, direction: str, path: Path) -> Path:
             row[f"final_{k}"] = run.final.get(k)
         for k in keys:
             row[f"param.{k}"] = run.params.get(k)
+        if metrics:
+            row["pareto"] = run.pareto
+            values = run.values if run.values and run.metrics == metrics else [None] * len(metrics)
+            row.update({f"objective.{m}": v for m, v in zip(metrics, values)})
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
     return path
@@ -259,7 +300,11 @@ def write_plot(runs: list[Run], metric: str, params: list[str], path: Path, top:
     for run in shown:
         label = " ".join(f"{k}={_param(run.params.get(k))}" for k in params) or run.name
         label = label if len(label) <= 60 else label[:57] + "..."
-        value = f"{run.value:.4f}" if run.value is not None else "-"
+        if run.metrics:
+            value = ", ".join(_objective_value(m, v) for m, v in zip(run.metrics, run.values or [None] * len(run.metrics)))
+            value += " *" if run.pareto else ""
+        else:
+            value = f"{run.value:.4f}" if run.value is not None else "-"
         curves.append({"label": f"{label}  ({value}{'' if run.status == 'completed' else ', ' + run.status})",
                        "rows": run.rows})  # fmt: skip
     return plot_comparison(curves, path, metric=metric, title=title)
@@ -279,22 +324,30 @@ def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True)
     out.mkdir(parents=True, exist_ok=True)
     params, common = varying(runs)
     states = Counter(r.status for r in runs)
-    lines = [
-        f"{root}: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in states.most_common())}); "
-        f"sorted by best {metric} ({direction})",
-    ]
+    metrics, directions = runs[0].metrics, runs[0].directions
+    order = (
+        f"Pareto-optimal runs (*) first for {', '.join(f'{m} ({d})' for m, d in zip(metrics, directions))}, "
+        f"then by {metrics[0]}" if metrics else f"sorted by best {metric} ({direction})"
+    )  # fmt: skip
+    lines = [f"{root}: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in states.most_common())}); {order}"]
     if common:
         lines.append("common overrides: " + " ".join(f"{k}={v}" for k, v in common.items()))
-    lines += ["", table(runs, metric, params), ""]
+    lines += ["", table(runs, metric, params, metrics), ""]
     written = [write_csv(runs, metric, direction, out / REPORT_CSV)]
     if plot:
         drawn = min(top, sum(1 for r in runs if r.rows))  # runs without a finished epoch have no curve
-        title = f"{root.name}: top {drawn} of {len(runs)} runs by best {metric}"
-        png = write_plot(runs, metric, params, out / REPORT_PNG, top, title)
+        by = "Pareto-optimal first" if metrics else f"best {metric}"
+        title = f"{root.name}: top {drawn} of {len(runs)} runs by {by}"
+        png = write_plot(runs, "Pareto front" if metrics else metric, params, out / REPORT_PNG, top, title)
         if png:
             written.append(png)
     best = runs[0]
-    if best.value is not None:
+    front = [r for r in runs if r.pareto]
+    if metrics:
+        lines.append(f"Pareto-optimal: {len(front)} of {len(runs)} runs: {', '.join(r.name for r in front) or '-'}")
+        for run in front[:top]:
+            lines.append(f"  {run.name}: again: python train.py {shlex.join(run.overrides)}")
+    elif best.value is not None:
         lines.append(f"best: {best.name} ({metric} {best.value:.4f}); again: python train.py {shlex.join(best.overrides)}")
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from optimlab import objective
 from optimlab.config import schema
 from optimlab.errors import ConfigError
 
@@ -243,10 +244,19 @@ def _check_scheduler(cfg: DictConfig) -> None:
 
 
 def _check_objective(cfg: DictConfig) -> None:
-    metric, direction = cfg.objective.metric, cfg.objective.direction
-    wanted = "maximize" if metric == "val_acc" else "minimize"
-    if direction != wanted:
-        raise _fail("objective.direction", direction, f"must be {wanted!r} for objective.metric={metric!r}")
+    obj = cfg.objective
+    if obj.get("metrics") is None:
+        if obj.get("directions") is not None:
+            raise _fail("objective.directions", obj.directions, "needs objective.metrics (one direction per metric)")
+        metric, direction = obj.metric, obj.direction
+        wanted = objective.METRICS[metric]
+        if direction != wanted:
+            raise _fail("objective.direction", direction, f"must be {wanted!r} for objective.metric={metric!r}")
+        return
+    metrics, directions = objective.targets(obj)
+    wanted = [objective.METRICS[m] for m in metrics]
+    if directions != wanted:
+        raise _fail("objective.directions", obj.directions, f"must be null or {wanted} for objective.metrics={metrics}")
 
 
 def validate(cfg: DictConfig) -> None:

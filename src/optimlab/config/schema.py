@@ -16,10 +16,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from optimlab import objective
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERVALS = ("epoch", "batch", "metric")
-OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_loss")
-DIRECTIONS = ("maximize", "minimize")
+OBJECTIVE_METRICS = tuple(objective.EPOCH_METRICS)  # objective.metric
+ALL_OBJECTIVE_METRICS = tuple(objective.METRICS)  # objective.metrics
+DIRECTIONS = objective.DIRECTIONS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = ("val_loss", "val_acc")
 PLACEMENTS = ("auto", "device", "host")
@@ -52,6 +55,19 @@ UNIT_RIGHT_OPEN = rule("in [0, 1)", lambda v: 0 <= v < 1)
 class ObjectiveSchema:
     metric: str = field(default="val_acc", metadata=one_of(*OBJECTIVE_METRICS))
     direction: str = field(default="maximize", metadata=one_of(*DIRECTIONS))
+    # several objectives (a multi-objective sweep): null, or two or more metric names
+    metrics: Optional[list[str]] = field(
+        default=None,
+        metadata=rule(
+            f"null or two or more different names of {', '.join(ALL_OBJECTIVE_METRICS)} "
+            "(one objective: objective.metric)",
+            lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(m in ALL_OBJECTIVE_METRICS for m in v),
+        ),
+    )
+    # null: each metric's own direction
+    directions: Optional[list[str]] = field(
+        default=None, metadata=rule(f"null or a list of {' / '.join(DIRECTIONS)}", lambda v: all(d in DIRECTIONS for d in v))
+    )
 
 
 @dataclass

@@ -182,6 +182,56 @@ def sweep_overrides(config: DictConfig) -> dict[str, Any]:
     return found
 
 
+NO_PRUNER = "optuna.pruners.NopPruner"
+
+
+def check_objectives(directions: list[str], pruner_cfg: Any, pruner_choice: str | None = None) -> None:
+    """A sweeper's directions are Optuna's, and a pruner only prunes one objective.
+
+    Optuna's ``Trial.report`` (hence every pruner) refuses multi-objective studies, so a
+    pruner with several directions would stop nothing: refused before the first trial."""
+    if not directions or any(d not in ("maximize", "minimize") for d in directions):
+        raise SweepConfigError(
+            f"hydra.sweeper.direction={directions} is not valid: must be maximize, minimize or a list of them "
+            "(one per value the task returns)"
+        )
+    target = pruner_cfg.get("_target_") if isinstance(pruner_cfg, (DictConfig, Mapping)) else None
+    if len(directions) > 1 and target and target != NO_PRUNER:
+        name = f"hydra/sweeper/pruner={pruner_choice}" if pruner_choice else f"hydra.sweeper.pruner._target_={target}"
+        raise SweepConfigError(
+            f"{name} cannot prune a sweep with {len(directions)} objectives (direction={directions}): "
+            "Optuna prunes single-objective studies only; add hydra/sweeper/pruner=none"
+        )
+
+
+def refuse(error: ConfigError) -> None:
+    """Print ``error`` as one line and exit with its code (from a Hydra callback or sweeper,
+    where Hydra would print a traceback or exit 1)."""
+    sys.stderr.write(f"Error: {error}\n")
+    sys.stderr.flush()
+    raise SystemExit(error.exit_code) from None
+
+
+def _objective_count(config: DictConfig, sweeper: Any) -> None:
+    """An explicit hydra.sweeper.direction has one direction per objective the run returns."""
+    direction = sweeper.get("direction") if isinstance(sweeper, DictConfig) else None
+    objective = config.get("objective")
+    if direction is None or objective is None:  # no Optuna sweeper, or one that takes the objective's
+        return
+    from optimlab import objective as objectives
+    from optimlab.sweeping import upstream
+
+    directions = upstream.directions(direction)
+    metrics, _ = objectives.targets(objective)
+    if len(directions) != len(metrics):
+        key = "objective.metrics" if objective.get("metrics") else "objective.metric"
+        raise SweepConfigError(
+            f"hydra.sweeper.direction={directions} has {len(directions)} direction(s) but the run returns "
+            f"{len(metrics)} value(s) ({key}={metrics}): give one direction per metric, or leave "
+            "hydra.sweeper.direction unset (hydra/sweeper=optimlab then takes the objective's)"
+        )
+
+
 class SweepChecks(Callback):
     """Hydra callback: check the whole sweep before the sweeper launches its first trial.
 
@@ -193,9 +243,7 @@ class SweepChecks(Callback):
         try:
             self.check(config)
         except ConfigError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            sys.stderr.flush()
-            raise SystemExit(e.exit_code) from None
+            refuse(e)
 
     def check(self, config: DictConfig) -> None:
         job = _job_config(config)
@@ -218,6 +266,7 @@ class SweepChecks(Callback):
                 f"{choices.get('optimizer')} has no {key}), so every trial would be the same run; "
                 f"pick a group option that uses it (optimizer=momentum, nesterov, adam, adamw, rmsprop) or drop {key} from the sweep"
             )
+        _objective_count(config, sweeper)
         if isinstance(sweeper, DictConfig):
             check_sweeper(sweeper)
             for what in ("sampler", "pruner"):

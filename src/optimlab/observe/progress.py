@@ -38,7 +38,9 @@ def run_line(summary: dict[str, Any]) -> str:
     objective = summary.get("objective") or {}
     parts = [f"run {summary.get('status', '?')}"]
     value = objective.get("value")
-    if isinstance(value, (int, float)) and math.isfinite(value):
+    if objective.get("values") is not None:  # several objectives
+        parts.append(", ".join(f"{m} {v:.4g}" for m, v in zip(objective["metrics"], objective["values"])))
+    elif isinstance(value, (int, float)) and math.isfinite(value):
         parts.append(f"{objective.get('metric')} {value:.4f} (best, epoch {objective.get('best_epoch')})")
     test = summary.get("test")
     if test:

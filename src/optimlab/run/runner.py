@@ -153,18 +153,13 @@ def record_error(cfg: DictConfig, run_dir: str, overrides: list[str], error: Opt
 
 
 def final_summary(summary, cfg, state: TrainState, status, durations, error=None) -> dict[str, Any]:
-    metric, direction = cfg.objective.metric, cfg.objective.direction
-    best = objective.best(state.history, lambda r: getattr(r, metric), direction)
+    goal = objective.summarize(cfg.objective, state.history, summary.get("n_parameters"))
+    best = next((r for r in state.history if r.epoch == goal["best_epoch"]), None)
     out = {
         **summary,
         "status": status,
         "epochs_completed": state.epoch,
-        "objective": {
-            "metric": metric,
-            "direction": direction,
-            "value": getattr(best, metric) if best else float("nan"),
-            "best_epoch": best.epoch if best else None,
-        },
+        "objective": goal,
         "best": best.as_row() if best else None,
         "final": state.history[-1].as_row() if state.history else None,
         "durations": durations,
@@ -184,8 +179,9 @@ def final_summary(summary, cfg, state: TrainState, status, durations, error=None
 
 def run(
     cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None
-) -> float:
-    """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value.
+) -> float | tuple[float, ...]:
+    """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value
+    (a tuple of values with several ``objective.metrics``).
 
     ``resume``: a checked plan (:func:`optimlab.run.resume.prepare`) whose checkpoint the
     run continues from; ``cfg`` is then its effective config.
@@ -289,4 +285,4 @@ def run(
     if not written:
         raise StorageError(f"cannot write {folder.path / SUMMARY_FILE}: the run completed but its summary "
                            f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
-    return final["objective"]["value"]
+    return objective.returned(final["objective"])

@@ -10,12 +10,15 @@ pruner built by :func:`make_pruner` from the same sweeper config the sweeper use
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from optimlab.errors import Pruned
+
+log = logging.getLogger(__name__)
 
 TRIAL_ENV = "OPTIMLAB_TRIAL"
 
@@ -46,17 +49,27 @@ def make_pruner(pruner_cfg: Any):
 
 
 class PruningCallback:
-    """``on_epoch_end``: trial.report(metric, epoch); raise :class:`Pruned` when told to."""
+    """``on_epoch_end``: trial.report(metric, epoch); raise :class:`Pruned` when told to.
+
+    Reporting is a service to the study, never a reason for the trial to fail: if the
+    storage refuses a report, the trial logs it once and trains on unpruned."""
 
     def __init__(self, trial, metric: str):
-        self.trial, self.metric = trial, metric
+        self.trial, self.metric, self.broken = trial, metric, False
 
     def on_epoch_end(self, result, state) -> None:
         value = getattr(result, self.metric)
-        if not math.isfinite(value):
+        if self.broken or not math.isfinite(value):
             return  # the loop reports divergence itself
-        self.trial.report(value, result.epoch)
-        if self.trial.should_prune():
+        try:
+            self.trial.report(value, result.epoch)
+            prune = self.trial.should_prune()
+        except Exception as e:  # noqa: BLE001
+            self.broken = True
+            log.warning("trial %d: cannot report epoch %d to the study (%s: %s); it runs on without pruning",
+                        self.trial.number, result.epoch, type(e).__name__, e)  # fmt: skip
+            return
+        if prune:
             raise Pruned(f"pruned after epoch {result.epoch} ({self.metric}={value:.4g})")
 
 
@@ -70,12 +83,17 @@ def trial_callbacks(cfg) -> list:
 
     from optimlab.sweeping.storage import open_storage
 
-    storage = open_storage(link.storage)
-    study = optuna.load_study(
-        study_name=link.study, storage=storage, pruner=make_pruner(HydraConfig.get().sweeper.get("pruner")),
-        sampler=optuna.samplers.RandomSampler(),
-    )  # fmt: skip
-    if len(study.directions) > 1:
-        return []  # Optuna cannot prune (or take intermediate values of) multi-objective trials
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(link.study), link.number)
-    return [PruningCallback(optuna.trial.Trial(study, trial_id), cfg.objective.metric)]
+    try:
+        storage = open_storage(link.storage)
+        study = optuna.load_study(
+            study_name=link.study, storage=storage, pruner=make_pruner(HydraConfig.get().sweeper.get("pruner")),
+            sampler=optuna.samplers.RandomSampler(),
+        )  # fmt: skip
+        if len(study.directions) > 1:
+            return []  # Optuna cannot prune (or take intermediate values of) multi-objective trials
+        study_id = storage.get_study_id_from_name(link.study)
+        trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.number))
+    except Exception as e:  # noqa: BLE001 - the sweeper records the trial's result whatever happens here
+        log.warning("trial %d: no per-epoch reports to the study (%s: %s)", link.number, type(e).__name__, e)
+        return []
+    return [PruningCallback(trial, cfg.objective.metric)]

@@ -1,6 +1,8 @@
 """The sweep folder's summary, refreshed as trials finish: trials.csv,
-optimization_results.yaml (best params, value and the command that re-runs the best trial),
-PNG plots (Optuna's matplotlib visualizations) and a compact table of the top trials."""
+optimization_results.yaml (best params, value and the command that re-runs the best trial;
+with several objectives the Pareto-optimal trials under ``solutions``, as the upstream
+plugin writes them), PNG plots (Optuna's matplotlib visualizations) and a compact table of
+the top (Pareto-optimal) trials."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import io
 import logging
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,24 @@ log = logging.getLogger(__name__)
 TRIALS_FILE = "trials.csv"
 RESULTS_FILE = "optimization_results.yaml"
 PLOTS = ("optimization_history.png", "lr_momentum.png", "param_importances.png")
+PARETO_PLOT = "pareto_front.png"
+
+
+def objective_names(study) -> list[str]:
+    """One name per objective: the study's metric names, else 0, 1, … (as Optuna's
+    ``trials_dataframe`` names its ``values_…`` columns)."""
+    return list(study.metric_names or [str(i) for i in range(len(study.directions))])
+
+
+def pareto_numbers(study) -> set[int]:
+    return {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
+
+
+def _value_columns(study, t) -> dict[str, Any]:
+    if len(study.directions) == 1:
+        return {"value": t.value if t.values is not None else None}
+    values = t.values or [None] * len(study.directions)
+    return {f"values_{name}": v for name, v in zip(objective_names(study), values)}
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -31,6 +52,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
     # an attempt failed by Optuna's heartbeat check has its reason on the trial that continues it
     later = {t.user_attrs["resume_of"]: t.user_attrs.get("resume_reason") for t in every if "resume_of" in t.user_attrs}
     names = sorted({p for t in trials for p in t.params})
+    multi = len(study.directions) > 1
+    front = pareto_numbers(study)
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         a = t.user_attrs
@@ -39,7 +62,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
             {
                 "number": t.number,
                 "state": t.state.name,
-                "value": t.value if t.values is not None and len(t.values) == 1 else t.values,
+                **_value_columns(study, t),
+                **({"pareto": t.number in front} if multi else {}),
                 **{p: t.params.get(p) for p in names},
                 "status": a.get("status", ""),
                 "best_epoch": a.get("best_epoch", ""),
@@ -53,11 +77,17 @@ def trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
+def program() -> str:
+    """The script a sweep runs (``train.py`` for optimlab's own, ``app.py`` for ``python app.py -m …``)."""
+    name = Path(sys.argv[0]).name
+    return name if name.endswith(".py") and name != "cli.py" else "train.py"
+
+
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
     """``python train.py …`` that re-runs a trial as a single run."""
     parts = ovr.without_keys(base_overrides, params)
     parts += [f"{k}={_fmt(v)}" for k, v in params.items()]
-    return shlex.join(["python", "train.py", *parts])
+    return shlex.join(["python", program(), *parts])
 
 
 def _fmt(v: Any) -> str:
@@ -77,14 +107,23 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
+    multi = len(study.directions) > 1
     results: dict[str, Any] = {
         "name": "optimlab",
         "study_name": study.study_name,
         "storage": storage,
-        "direction": study.direction.name.lower() if len(study.directions) == 1 else None,
+        "direction": study.direction.name.lower() if not multi else [d.name.lower() for d in study.directions],
         "trials": counts,
     }
-    best = _best(study)
+    if multi:
+        # the upstream plugin's `solutions` (params, values), plus where each is and how to re-run it
+        results["objectives"] = study.metric_names  # null: a task's unnamed values
+        results["solutions"] = [
+            {"params": dict(t.params), "values": list(t.values), "trial": t.number,
+             "run_dir": t.user_attrs.get("run_dir"), "best_command": best_command(dict(t.params), base_overrides)}
+            for t in _pareto_sorted(study)
+        ]  # fmt: skip
+    best = _best(study) if not multi else None
     if best is not None:
         results.update(
             best_trial=best.number,
@@ -104,36 +143,32 @@ def _best(study):
         return None
 
 
+def _pareto_sorted(study) -> list:
+    """The Pareto-optimal trials, best first by the first objective."""
+    direction = study.directions[0].name.lower()
+    return sorted(study.best_trials, key=lambda t: (objective.rank_key(t.values[0], direction), t.number))
+
+
 def write_plots(study, sweep_dir: Path) -> list[Path]:
     """PNG plots of the study; a plot that cannot be made yet is skipped with a log line."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ov
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if not complete:
         return []
     names = sorted({p for t in complete for p in t.params})
+    if len(study.directions) > 1:  # Optuna's history and contour plots take one objective
+        return _multi_plots(study, sweep_dir)
     pair = [n for n in ("lr", "momentum") if n in names] or names[:2]
     if len(pair) < 2:
         pair = names[:2]
-    made = []
+    made: list[Path] = []
 
     def save(make, name):
-        try:
-            ax = make()
-            fig = ax.ravel()[0].figure if hasattr(ax, "ravel") else ax.figure
-            fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100)
-            atomic_write_bytes(sweep_dir / name, buf.getvalue())
-            made.append(sweep_dir / name)
-        except Exception as e:  # noqa: BLE001 - a plot must never fail the sweep
-            log.info("plot %s skipped: %s", name, e)
-        finally:
-            plt.close("all")
+        _save(make, sweep_dir / name, made)
 
     save(lambda: ov.plot_optimization_history(study), PLOTS[0])
     if len(pair) == 2 and len(complete) >= 2:
@@ -147,8 +182,38 @@ def write_plots(study, sweep_dir: Path) -> list[Path]:
     return made
 
 
+def _save(make, path: Path, made: list[Path]) -> None:
+    """Draw with ``make`` (an Optuna matplotlib plot) into ``path``; a plot never fails the sweep."""
+    import matplotlib.pyplot as plt
+
+    try:
+        ax = make()
+        fig = ax.ravel()[0].figure if hasattr(ax, "ravel") else ax.figure
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        atomic_write_bytes(path, buf.getvalue())
+        made.append(path)
+    except Exception as e:  # noqa: BLE001 - a plot must never fail the sweep
+        log.info("plot %s skipped: %s", path.name, e)
+    finally:
+        plt.close("all")
+
+
+def _multi_plots(study, sweep_dir: Path) -> list[Path]:
+    """Several objectives: the Pareto front (Optuna draws 2 or 3 objectives)."""
+    import optuna.visualization.matplotlib as ov
+
+    made: list[Path] = []
+    _save(lambda: ov.plot_pareto_front(study, target_names=study.metric_names), sweep_dir / PARETO_PLOT, made)
+    return made
+
+
 def top_table(study, k: int) -> str:
-    """A compact text table of the best ``k`` COMPLETE trials."""
+    """A compact text table of the best ``k`` COMPLETE trials (several objectives: the
+    Pareto-optimal ones, by the first objective)."""
+    if len(study.directions) > 1:
+        return _pareto_table(study, k)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
     if not complete:
         return "no completed trial"
@@ -162,6 +227,21 @@ def top_table(study, k: int) -> str:
         for t in complete[:k]
     ]  # fmt: skip
     return render(header, rows)
+
+
+def _pareto_table(study, k: int) -> str:
+    front = _pareto_sorted(study)
+    if not front:
+        return "no completed trial"
+    names = sorted({p for t in front for p in t.params})
+    header = ["#", *objective_names(study), *names, "run_dir"]
+    rows = [
+        [str(t.number), *[f"{v:.4g}" for v in t.values], *[_short(t.params.get(n)) for n in names],
+         str(t.user_attrs.get("run_dir", ""))]
+        for t in front[:k]
+    ]  # fmt: skip
+    more = f"\n… and {len(front) - k} more in {RESULTS_FILE}" if len(front) > k else ""
+    return render(header, rows) + more
 
 
 def _short(v: Any) -> str:

@@ -38,8 +38,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from optimlab import objective as objectives
 from optimlab.config import overrides as ovr
-from optimlab.errors import OptimlabError, Pruned
+from optimlab.config.sweeps import SweepConfigError, check_objectives, refuse
+from optimlab.errors import ConfigError, OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
 from optimlab.sweeping import attempts, summary, upstream, workers
@@ -146,9 +148,13 @@ class OptimlabSweeperImpl(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
+        # the run's own objective(s) (optimlab's train.py), unless the sweep names directions
+        found = config.get("objective")
+        metrics, directions = objectives.targets(found) if found is not None else ([], ["minimize"])
         if self.direction is None:
-            objective = config.get("objective")
-            self.direction = str(objective.direction) if objective is not None else "minimize"
+            self.direction = directions if len(directions) > 1 else directions[0]
+        n = len(self._directions())
+        self.metric_names = metrics if n > 1 and len(metrics) == n else None
 
     def _make_sampler(self, offset: int):
         cfg = OmegaConf.to_container(self.sampler_cfg, resolve=True)
@@ -201,15 +207,21 @@ class OptimlabSweeperImpl(Sweeper):
                 raise SystemExit(EXIT_CODES[status])
 
     def _sweep(self, arguments: list[str]) -> None:
+        try:
+            choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
+            check_objectives(self._directions(), self.pruner_cfg, choice)
+        except ConfigError as e:
+            refuse(e)  # before the first trial, and before anything is written
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         self.storage_url = absolute_url(self.storage) if self.storage else default_storage_url(self.sweep_dir, self.n_workers)
         # bad storages and folders are one line each, before anything is written
         storages.check_writable(self.sweep_dir / trial_dir_name(0), f"hydra.sweep.dir={self.sweep_dir}")
         storages.check(self.storage_url)
-        self.base_overrides = self._base_overrides()
+        self.base_overrides = self._base_overrides(space)
 
         study = self._open_study(self.storage_url)
+        self._check_study(study)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.sampler = self._make_sampler(offset=len(study.get_trials(deepcopy=False)))
         if self._is_grid():
@@ -236,11 +248,26 @@ class OptimlabSweeperImpl(Sweeper):
         if owner:
             self._check_failures(study.get_trials(deepcopy=False), session)
 
+    def _check_study(self, study) -> None:
+        """A resumed study has this sweep's directions (Optuna would load it silently)."""
+        have = [d.name.lower() for d in study.directions]
+        if have != self._directions():
+            refuse(SweepConfigError(
+                f"study {self.study_name!r} in {redact(self.storage_url)} has direction(s) {have}, but this sweep "
+                f"asks for {self._directions()}: use another hydra.sweeper.study_name for a new study"
+            ))  # fmt: skip
+        if self.metric_names and study.metric_names is None:
+            study.set_metric_names(self.metric_names)
+
     def _is_grid(self) -> bool:
         return getattr(self.sampler, "func", None) is optuna.samplers.GridSampler
 
-    def _base_overrides(self) -> list[str]:
-        return [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
+    def _base_overrides(self, space: upstream.SearchSpace) -> list[str]:
+        """What every trial runs with besides its params: the command line's fixed overrides,
+        then the fixed values of ``hydra.sweeper.params`` (a single run does not read those)."""
+        cli = [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
+        typed = {ovr.key_of(line) for line in cli}
+        return cli + [f"{k}={v}" for k, v in space.fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
 
     @staticmethod
     def _n_done(study) -> int:
@@ -519,6 +546,9 @@ class OptimlabSweeperImpl(Sweeper):
             log.warning("could not write the sweep summary: %s", e)
             return
         log.info("Trials: %s | summary in %s", results.get("trials"), self.sweep_dir)
+        if len(study.directions) > 1:
+            log.info("Pareto-optimal trials (%d):\n%s", len(results.get("solutions", [])), summary.top_table(study, self.top_k))
+            return
         log.info("Top trials:\n%s", summary.top_table(study, self.top_k))
         if "best_value" in results:
             log.info("Best value %.6g (trial %d): %s", results["best_value"], results["best_trial"], results["best_params"])
