@@ -280,6 +280,16 @@ def load_my_data(image_size, num_classes, kind="good"):
     if kind == "splits":
         return {"train": (torch.from_numpy(x[:80]), torch.from_numpy(y[:80])), "test": (x[80:], y[80:])}
     return x, y
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, in_channels, image_size, num_classes, width=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, width, 3)
+        self.head = torch.nn.Linear(width * (image_size - 2) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1))
 '''
 
 
@@ -293,8 +303,8 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("mypkg", None)
 
 
-USER = ["data=synthetic", "data._target_=mypkg.load_my_data", "data.name=mine", "data.channels=1",
-        "data.image_size=16", "data.val_size=20", "data.test_size=20"]  # fmt: skip
+USER = ["data=custom", "data._target_=mypkg.load_my_data", "data.channels=1", "data.image_size=16",
+        "data.val_size=20", "data.test_size=20"]  # fmt: skip
 
 
 def test_users_own_loader_trains(tmp_path, user_module):
@@ -303,8 +313,9 @@ def test_users_own_loader_trains(tmp_path, user_module):
     cfg = compose_config([*USER, "+data.kind=splits"])
     splits = datasets.load(cfg.data)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (60, 20, 40)
-    summary = train(tmp_path, USER)
-    assert summary["status"] == "completed"
+    summary = train(tmp_path, [*USER, "model._target_=mypkg.TinyNet", "+model.width=3"])
+    assert summary["status"] == "completed" and summary["model"] == "mypkg.TinyNet"
+    assert summary["n_parameters"] == (1 * 9 + 1) * 3 + (3 * 14 * 14 + 1) * 10  # width=3 reached the class
 
 
 @pytest.mark.parametrize("kind,words", [
@@ -333,3 +344,71 @@ def test_users_loader_too_few_images_for_batch_size(tmp_path, user_module):
 def test_unimportable_loader_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data._target_='nope.load' is not valid: must be an importable function"):
         validate(compose_config(["data._target_=nope.load"]))
+    with pytest.raises(ConfigError, match=r"data._target_ is missing: data=custom needs data._target_=<module.function>"):
+        validate(compose_config(["data=custom"]))
+
+
+USER_CONF = {
+    "mypkg/__init__.py": "",
+    "mypkg/data.py": """
+        import numpy as np
+
+        def load_blobs(channels, image_size, num_classes, n=96):
+            rng = np.random.default_rng(0)
+            y = rng.integers(0, num_classes, n)
+            x = rng.integers(0, 60, (n, channels, image_size, image_size)) + 25 * y[:, None, None, None]
+            return x.astype(np.uint8), y
+    """,
+    "mypkg/models.py": """
+        from torch import nn
+
+        class TinyNet(nn.Module):
+            def __init__(self, in_channels, image_size, num_classes, width=8):
+                super().__init__()
+                self.net = nn.Sequential(
+                    nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(), nn.Linear(width, num_classes),
+                )
+
+            def forward(self, x):
+                return self.net(x)
+    """,
+    "myconf/data/blobs.yaml": """
+        defaults:
+          - custom            # start from optimlab's conf/data/custom.yaml
+          - _self_
+        _target_: mypkg.data.load_blobs
+        name: blobs
+        channels: 1
+        image_size: 12
+        num_classes: 4
+        val_size: 16
+        test_size: 16
+    """,
+    "myconf/model/tiny.yaml": """
+        _target_: mypkg.models.TinyNet
+        in_channels: ${data.channels}
+        image_size: ${data.image_size}
+        num_classes: ${data.num_classes}
+        width: 8
+    """,
+}
+
+
+@pytest.mark.slow
+def test_readme_own_data_and_model_through_train_py(tmp_path):
+    """The README's worked example: a user's loader and model class in their own package,
+    selected by YAML files in their own config folder (hydra.searchpath)."""
+    for name, text in USER_CONF.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(textwrap.dedent(text).lstrip())
+    result = train_cli(
+        f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "data=blobs", "model=tiny", "optimizer=adam", "lr=0.01",
+        "batch_size=16", "epochs=3", "quiet=true", "tensorboard=false", "plots=false",
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["model"] == "mypkg.models.TinyNet"
+    assert "data blobs: 64 train, 16 val, 16 test" in (run_dir / "train.log").read_text()

@@ -115,6 +115,8 @@ def _dataset_facts(data: DictConfig):
     from optimlab.engine.data import Facts, loader_of
     from optimlab.errors import DataError
 
+    if OmegaConf.is_missing(data, "_target_") or data.get("_target_") is None:
+        raise ConfigError(f"data._target_ is missing: data={data.get('name')} needs data._target_=<module.function> naming its loader")
     try:
         loader = loader_of(data.get("_target_"))
     except DataError as e:
