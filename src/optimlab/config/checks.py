@@ -161,7 +161,8 @@ def training_split_size(cfg: DictConfig) -> int | None:
             f"{keys} must be < {facts.train_pool} (data={data.name} has {facts.train_pool} training images)"
             if len(held) > 1 else f"must be < {facts.train_pool} (data={data.name}'s training images)",
         )  # fmt: skip
-    return n
+    limit = data.get("limit")
+    return min(n, limit) if n is not None and limit else n
 
 
 def check_training_size(cfg: DictConfig, n_train: int) -> None:

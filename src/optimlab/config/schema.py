@@ -89,6 +89,7 @@ class DataSchema:
     noise: Optional[float] = field(default=None, metadata=NON_NEGATIVE)  # synthetic
     root: Optional[str] = None  # the on-disk datasets
     download: Optional[bool] = None  # the on-disk datasets
+    limit: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # at most this many images per split (debug=fast)
     mixed_modes: Optional[str] = field(default=None, metadata=one_of("error", "convert"))  # image_folder
     split_seed: int = field(default=0, metadata=AT_LEAST_0)
     shuffle: bool = True

@@ -129,7 +129,11 @@ def load(data: Mapping) -> Splits:
                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
         if needed:
             raise DataError(f"data._target_={target} needs data.{needed[0]}, which the data entry does not set")
-    return as_splits(loader(**kwargs), data)
+    splits = as_splits(loader(**kwargs), data)
+    limit = data.get("limit")
+    if limit:  # debug=fast: the first `limit` images of each split
+        splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)))
+    return splits
 
 
 def _tensor(v, what: str, target: str) -> torch.Tensor:
