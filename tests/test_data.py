@@ -36,6 +36,9 @@ def train(tmp_path: Path, overrides: list[str]) -> dict:
 def test_every_data_entry_names_an_importable_loader():
     for path in sorted((CONF_DIR / "data").glob("*.yaml")):
         entry = OmegaConf.load(path)
+        if path.stem == "custom":  # the user names the loader
+            assert OmegaConf.is_missing(entry, "_target_")
+            continue
         loader = datasets.loader_of(entry._target_)
         assert callable(loader), path.name
         assert entry.name == path.stem, path.name

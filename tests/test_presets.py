@@ -43,3 +43,15 @@ def test_fastnet_cifar10_recipe_and_debug_fast_train(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 1
     assert not (tmp_path / "run" / "curves.png").exists() and not list((tmp_path / "run").glob("events.out.*"))
+
+
+@pytest.mark.slow
+def test_debug_overfit_drives_the_training_loss_to_zero(tmp_path):
+    cfg = compose_config(["debug=overfit", "data=synthetic", "data.noise=3.0", "model=relu_cnn", "optimizer=adam",
+                          "lr=3e-3", "quiet=true", "device=cpu", "data.image_size=8", "data.channels=1"])  # fmt: skip
+    assert cfg.data.limit == 64 and not cfg.data.shuffle and cfg.epochs == 60
+    validate(cfg)
+    run(cfg, str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 60
+    assert summary["final"]["train_loss"] < 0.02, summary["final"]
