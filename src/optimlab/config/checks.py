@@ -111,15 +111,31 @@ def _class_name(node) -> str:
     return str(target).rsplit(".", 1)[-1] if target else ""
 
 
+def _dataset_facts(data: DictConfig):
+    """The :class:`~optimlab.engine.data.Facts` on the loader ``data._target_`` names (imports it)."""
+    from optimlab.engine.data import Facts, loader_of
+    from optimlab.errors import DataError
+
+    if OmegaConf.is_missing(data, "_target_") or data.get("_target_") is None:
+        raise ConfigError(f"data._target_ is missing: data={data.get('name')} needs data._target_=<module.function> naming its loader")
+    try:
+        loader = loader_of(data.get("_target_"))
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    return getattr(loader, "facts", None) or Facts()
+
+
 def _check_data(cfg: DictConfig) -> None:
     data = cfg.data
     name = data.name
-    facts = schema.DATASET_FACTS.get(name, {})
+    facts = _dataset_facts(data)
+    shape = f"{facts.channels}×{facts.image_size}×{facts.image_size}" if facts.channels and facts.image_size else None
     for key in ("channels", "image_size"):
-        if key in facts and data[key] != facts[key]:
-            raise _fail(f"data.{key}", data[key], f"data={name} has {key}={facts[key]} (its images are 3×32×32)")
-    if "classes" in facts and data.num_classes < facts["classes"]:
-        raise _fail("data.num_classes", data.num_classes, f"must be >= {facts['classes']} for data={name}")
+        fixed = getattr(facts, key)
+        if fixed is not None and data[key] != fixed:
+            raise _fail(f"data.{key}", data[key], f"data={name} has {key}={fixed}" + (f" (its images are {shape})" if shape else ""))
+    if facts.num_classes is not None and data.num_classes < facts.num_classes:
+        raise _fail("data.num_classes", data.num_classes, f"must be >= {facts.num_classes} for data={name}")
     for key in ("mean", "std"):
         stats = data.get(key)
         if stats is not None and len(stats) != data.channels:
@@ -132,25 +148,22 @@ def _check_data(cfg: DictConfig) -> None:
 
 
 def training_split_size(cfg: DictConfig) -> int | None:
-    """The training split's size, known from the config without loading anything (None: unknown)."""
+    """The training split's size, known from the config and the loader's facts without
+    loading anything (None: unknown until it loads)."""
     data = cfg.data
-    name = data.name
-    facts = schema.DATASET_FACTS.get(name, {})
-    if name == "synthetic":
-        return data.get("train_size")
-    if name == "digits":
-        held = data.test_size + data.val_size
-        if held >= facts["pool"]:
-            raise _fail(
-                "data.val_size", data.val_size,
-                f"data.test_size + data.val_size must be < {facts['pool']} (digits has {facts['pool']} images)",
-            )  # fmt: skip
-        return facts["pool"] - held
-    if name == "cifar10":
-        if data.val_size >= facts["train_pool"]:
-            raise _fail("data.val_size", data.val_size, f"must be < {facts['train_pool']} (CIFAR-10's training images)")
-        return facts["train_pool"] - data.val_size
-    return None
+    facts = _dataset_facts(data)
+    n = facts.training_size(data)
+    if n is not None and n < 1:
+        held = facts.held_out
+        keys = " + ".join(f"data.{k}" for k in held)
+        last = held[-1]
+        raise _fail(
+            f"data.{last}", data.get(last),
+            f"{keys} must be < {facts.train_pool} (data={data.name} has {facts.train_pool} training images)"
+            if len(held) > 1 else f"must be < {facts.train_pool} (data={data.name}'s training images)",
+        )  # fmt: skip
+    limit = data.get("limit")
+    return min(n, limit) if n is not None and limit else n
 
 
 def check_training_size(cfg: DictConfig, n_train: int) -> None:

@@ -86,18 +86,27 @@ class AugmentSchema:
     flip: bool = False
 
 
+SPLIT_SIZE = rule("a count >= 1 or a fraction in (0, 1)", lambda v: (v >= 1 and v == int(v)) or 0 < v < 1)
+
+
 @dataclass
 class DataSchema:
-    name: str = field(default="synthetic", metadata=one_of("cifar10", "digits", "synthetic"))
+    """Keys shared by the dataset entries (conf/data/); each loader takes the ones it declares.
+    Facts of a dataset (its image shape, its size) live on its loader (optimlab.engine.data.Facts)."""
+
+    _target_: str = "optimlab.engine.data.make_synthetic"  # the loader function
+    name: str = "synthetic"  # a label: titles, logs, hyperparameters
     channels: int = field(default=3, metadata=AT_LEAST_1)
     image_size: int = field(default=32, metadata=AT_LEAST_1)
     num_classes: int = field(default=10, metadata=rule(">= 2", lambda v: v >= 2))
-    val_size: int = field(default=256, metadata=AT_LEAST_1)
+    val_size: float = field(default=256, metadata=SPLIT_SIZE)
     train_size: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # synthetic
-    test_size: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # synthetic, digits
+    test_size: Optional[float] = field(default=None, metadata=SPLIT_SIZE)  # synthetic, digits, image_folder
     noise: Optional[float] = field(default=None, metadata=NON_NEGATIVE)  # synthetic
-    root: Optional[str] = None  # cifar10
-    download: Optional[bool] = None  # cifar10
+    root: Optional[str] = None  # the on-disk datasets
+    download: Optional[bool] = None  # the on-disk datasets
+    limit: Optional[int] = field(default=None, metadata=AT_LEAST_1)  # at most this many images per split (debug=fast)
+    mixed_modes: Optional[str] = field(default=None, metadata=one_of("error", "convert"))  # image_folder
     split_seed: int = field(default=0, metadata=AT_LEAST_0)
     shuffle: bool = True
     normalize: bool = True
@@ -182,9 +191,3 @@ class ConfigSchema:
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
 
-
-# Fixed facts of the on-disk datasets.
-DATASET_FACTS = {
-    "cifar10": {"channels": 3, "image_size": 32, "classes": 10, "train_pool": 50000},
-    "digits": {"classes": 10, "pool": 1797},
-}

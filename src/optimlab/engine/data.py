@@ -13,10 +13,12 @@ device, from the same generator, so both placements give the same batches.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import pickle
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +47,218 @@ class Splits:
     test: Split
 
 
-def load(data: dict) -> Splits:
-    """Load the dataset a ``data`` config entry (as a plain dict) names; each loader takes
-    the keys its signature declares."""
-    import inspect
+# --------------------------------------------------------------------------- dataset entries
+#
+# A dataset entry (conf/data/<name>.yaml) names its loader with ``_target_``: a function
+# that takes the entry's keys its signature declares and returns the images. The loader's
+# contract (the README's "Your own data"):
+#
+# - it returns a :class:`Splits`, a mapping ``{"train": (x, y), "val": (x, y), "test": (x, y)}``
+#   ("val" and "test" optional), or one pair ``(x, y)``; a missing split is held out of the
+#   training images (``data.val_size`` / ``data.test_size``: a count, or a fraction < 1,
+#   seeded by ``data.split_seed``);
+# - images ``x``: uint8 (0-255), shape ``(N, C, H, W)`` (or ``(N, H, W)`` for one channel),
+#   C = ``data.channels``, H = W = ``data.image_size``; torch tensors or numpy arrays;
+# - labels ``y``: integers in ``[0, data.num_classes)``, one per image.
+#
+# A loader may carry :class:`Facts` (``@facts(...)``): what its files always hold, so the
+# config checks can judge ``data.channels``, ``batch_size``, ... before anything loads.
 
-    loaders = {"cifar10": load_cifar10, "digits": load_digits, "synthetic": make_synthetic}
-    if data["name"] not in loaders:
-        raise DataError(f"data.name={data['name']!r} is not a known dataset; choose one of {sorted(loaders)}")
-    loader = loaders[data["name"]]
-    return loader(**{k: data[k] for k in inspect.signature(loader).parameters if k in data})
+
+@dataclass(frozen=True)
+class Facts:
+    """What a dataset's files always hold (None: whatever the config says)."""
+
+    channels: int | None = None  # set: the images have exactly these channels
+    image_size: int | None = None  # set: the images are exactly this size
+    num_classes: int | None = None  # the labels the files use: data.num_classes must be >= this
+    train_pool: int | None = None  # images the training split and the held-out splits come from
+    held_out: tuple[str, ...] = ("val_size",)  # keys whose counts come out of train_pool
+    train_key: str | None = None  # the key that is the training split's size (generated data)
+
+    def training_size(self, data: Mapping) -> int | None:
+        if self.train_key is not None:
+            return data.get(self.train_key)
+        if self.train_pool is None:
+            return None
+        return self.train_pool - sum(held_count(data.get(k), self.train_pool) for k in self.held_out)
 
 
-def _split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+def facts(**known) -> Callable:
+    """Decorator: attach :class:`Facts` to a loader."""
+
+    def attach(loader: Callable) -> Callable:
+        loader.facts = Facts(**known)
+        return loader
+
+    return attach
+
+
+def held_count(size: float | None, n: int) -> int:
+    """A held-out split's size: a count, or a fraction (< 1) of ``n``."""
+    if not size:
+        return 0
+    return max(1, round(size * n)) if size < 1 else int(size)
+
+
+def loader_of(target: str) -> Callable:
+    """The loader function a ``data._target_`` names; DataError if it cannot be imported."""
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        loader = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"data._target_={target!r} is not valid: must be an importable function, module.function ({e})") from None
+    if not callable(loader):
+        raise DataError(f"data._target_={target!r} is not valid: must be an importable function, module.function")
+    return loader
+
+
+def load(data: Mapping) -> Splits:
+    """Load the dataset a ``data`` config entry (a mapping) names with ``_target_``, and check
+    what the loader returned against the entry (one-line DataError naming what is wrong)."""
+    target = data.get("_target_")
+    if not target:
+        raise DataError("data._target_ is missing: a data entry names its loader function (see conf/data/*.yaml)")
+    loader = loader_of(target)
+    params = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: data[k] for k in data if not str(k).startswith("_")}
+    else:
+        kwargs = {k: data[k] for k in params if k in data}
+        needed = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+        if needed:
+            raise DataError(f"data._target_={target} needs data.{needed[0]}, which the data entry does not set")
+    splits = as_splits(loader(**kwargs), data)
+    limit = data.get("limit")
+    if limit:  # debug=fast: the first `limit` images of each split
+        splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)))
+    return splits
+
+
+def _tensor(v, what: str, target: str) -> torch.Tensor:
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v))
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    raise DataError(f"data._target_={target} returned {what} of type {type(v).__name__}: must be a torch tensor or numpy array")
+
+
+def _split(pair, name: str, target: str) -> Split:
+    if isinstance(pair, Split):
+        pair = (pair.x, pair.y)
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"data._target_={target} returned {name}={type(pair).__name__}: must be a pair (images, labels)")
+    return Split(_tensor(pair[0], f"{name} images", target), _tensor(pair[1], f"{name} labels", target))
+
+
+def as_splits(result, data: Mapping) -> Splits:
+    """A loader's result as checked :class:`Splits` (see the contract above)."""
+    target = data.get("_target_")
+    if isinstance(result, Splits):
+        parts = {"train": result.train, "val": result.val, "test": result.test}
+    elif isinstance(result, Mapping):
+        unknown = sorted(set(result) - {"train", "val", "test"})
+        if unknown or "train" not in result:
+            raise DataError(
+                f"data._target_={target} returned splits {sorted(result)}: must have 'train' and may have 'val', 'test'"
+            )
+        parts = dict(result)
+    else:
+        parts = {"train": result}
+    parts = {k: _split(v, k, target) for k, v in parts.items()}
+    for name, split in parts.items():
+        parts[name] = check_split(split, name, data)
+    seed = int(data.get("split_seed", 0))
+    for name, offset in (("test", 0), ("val", 1)):
+        if name not in parts:
+            key = f"{name}_size"
+            n = held_count(data.get(key), len(parts["train"]))
+            if n < 1:
+                raise DataError(f"data.{key} must be set: data._target_={target} returned no {name} split to use instead")
+            if n >= len(parts["train"]):
+                raise DataError(f"data.{key}={data.get(key)} is not valid: must be < the {len(parts['train'])} training images")
+            parts["train"], parts[name] = split_off(parts["train"], n, seed + offset)
+    return Splits(parts["train"], parts["val"], parts["test"])
+
+
+def check_split(split: Split, name: str, data: Mapping) -> Split:
+    """One split checked against the entry's channels, image_size and num_classes."""
+    target = data.get("_target_")
+    where = f"data._target_={target} returned {name}"
+    x, y = split.x, split.y
+    if x.dtype != torch.uint8:
+        raise DataError(f"{where} images of dtype {x.dtype}: must be uint8 (0-255)")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)  # (N, H, W): one channel
+    if x.dim() != 4:
+        raise DataError(f"{where} images of shape {tuple(x.shape)}: must be (N, C, H, W)")
+    n, c, h, w = x.shape
+    channels, size, classes = data.get("channels"), data.get("image_size"), data.get("num_classes")
+    if channels is not None and c != channels:
+        raise DataError(f"{where} images with {c} channels (shape {tuple(x.shape)}, (N, C, H, W)) but data.channels={channels}")
+    if size is not None and (h, w) != (size, size):
+        raise DataError(f"{where} images of {h}×{w} but data.image_size={size}: must be {size}×{size}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"{where} labels of dtype {y.dtype}: must be integers")
+    if y.dim() != 1 or len(y) != n:
+        raise DataError(f"{where} labels of shape {tuple(y.shape)} for {n} images: must be one label per image, shape ({n},)")
+    if n == 0:
+        raise DataError(f"{where}: no images")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or (classes is not None and hi >= classes):
+        raise DataError(f"{where} labels in [{lo}, {hi}]: must be in [0, {classes}) (data.num_classes={classes})")
+    return Split(x.contiguous(), y.long())
+
+
+def fit_images(x: torch.Tensor, channels: int, image_size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 ``(N, c, h, w)`` images as ``channels``×``image_size``² (bilinear resize; one
+    channel repeated, or RGB to luminance), in chunks: float temporaries stay small."""
+    n, c, h, w = x.shape
+    if c not in (1, channels) and not (c == 3 and channels == 1):
+        raise DataError(f"data.channels={channels} is not valid: these images have {c} channels (use {c}, or 1)")
+    if (h, w) == (image_size, image_size) and c == channels:
+        return x
+    out = torch.empty(n, channels, image_size, image_size, dtype=torch.uint8)
+    lum = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    for i in range(0, n, chunk):
+        part = x[i : i + chunk].float()
+        if c == 3 and channels == 1:
+            part = (part * lum).sum(1, keepdim=True)
+        if (h, w) != (image_size, image_size):
+            part = F.interpolate(part, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        out[i : i + chunk] = part.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1)
+    return out
+
+
+def download_or_explain(what: str, folder: Path, fetch: Callable[[], None]) -> None:
+    """Run ``fetch`` (a torchvision download) with a short network timeout; any failure is one
+    DataError line saying where to put the files instead."""
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # offline machines must fail in seconds, not hang
+    try:
+        log.info("downloading %s into %s", what, folder)
+        fetch()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(
+            f"{what} is not in {folder} and downloading it failed ({e.__class__.__name__}: {first}). "
+            f"Put its files there or point data.root at the folder that holds them; "
+            f"data=digits and data=synthetic work offline."
+        ) from e
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def missing_offline(what: str, folder: Path, missing: Sequence[str]) -> DataError:
+    return DataError(
+        f"{what} is not in {folder} (missing: {', '.join(missing)}) and data.download=false. "
+        f"Put its files there, set data.download=true when online, "
+        f"or use data=digits / data=synthetic, which work offline."
+    )
+
+
+def split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
     """Hold out ``size`` random samples of ``split`` (a fixed seed: the split never moves)."""
     perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     keep, held = perm[size:], perm[:size]
@@ -66,13 +267,14 @@ def _split_off(split: Split, size: int, seed: int) -> tuple[Split, Split]:
 
 # --------------------------------------------------------------------------- CIFAR-10
 
-CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's CIFAR10.base_folder, train_list, test_list
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST_FILE = "test_batch"
 
 
-def _read_cifar_batch(path: Path) -> Split:
-    # The python version of CIFAR-10: pickled dicts with 'data' (N×3072 uint8) and 'labels'.
+def read_cifar_batch(path: Path, what: str = "CIFAR-10") -> Split:
+    # The python version of CIFAR-10/100: pickled dicts with 'data' (N×3072 uint8) and
+    # 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100).
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
@@ -82,54 +284,52 @@ def _read_cifar_batch(path: Path) -> Split:
             raise ValueError(f"{len(data)} images but {len(labels)} labels")
     except Exception as e:  # any unreadable file is the same problem for the user
         raise DataError(
-            f"CIFAR-10 file {path} is corrupt or not in the python CIFAR-10 format ({e}); "
+            f"{what} file {path} is corrupt or not in the python {what} format ({e}); "
             f"delete {path.parent} and download it again"
         ) from e
     return Split(torch.from_numpy(data.copy()), torch.from_numpy(labels))
 
 
-def _download_cifar10(root: Path) -> None:
-    from torchvision.datasets import CIFAR10
+def _download_cifar(cls, root: Path) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)  # offline machines must fail in seconds, not hang
-    try:
-        log.info("downloading CIFAR-10 into %s", root)
-        download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
-    except Exception as e:
-        raise DataError(
-            f"CIFAR-10 is not in {root / CIFAR10_FOLDER} and downloading it failed ({e.__class__.__name__}: {e}). "
-            f"Put the extracted python version of CIFAR-10 (cifar-10-python.tar.gz) there or point "
-            f"data.root=<folder containing {CIFAR10_FOLDER}> at it; data=digits and data=synthetic work offline."
-        ) from e
-    finally:
-        socket.setdefaulttimeout(old_timeout)
+    download_or_explain(
+        cls.__name__.replace("CIFAR", "CIFAR-"), root / cls.base_folder,
+        lambda: download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5),
+    )  # fmt: skip
 
 
-def load_cifar10(root: str, download: bool, val_size: int, split_seed: int) -> Splits:
+def load_cifar(cls, root: str, download: bool, val_size: float, split_seed: int) -> Splits:
+    """CIFAR-10 or CIFAR-100 (torchvision's class ``cls`` names the files) in its python
+    on-disk layout, ``<root>/<cls.base_folder>/``; the validation split is held out of training."""
+    what = cls.__name__.replace("CIFAR", "CIFAR-")
     root = Path(root).expanduser()
-    folder = root / CIFAR10_FOLDER
-    files = [folder / f for f in [*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE]]
-    missing = [f.name for f in files if not f.is_file()]
+    folder = root / cls.base_folder
+    train_files = [name for name, _ in cls.train_list]
+    test_files = [name for name, _ in cls.test_list]
+    missing = [f for f in [*train_files, *test_files] if not (folder / f).is_file()]
     if missing:
         if not download:
-            raise DataError(
-                f"CIFAR-10 is not in {folder} (missing: {', '.join(missing)}) and data.download=false. "
-                f"Put the extracted python version of CIFAR-10 there, set data.download=true when online, "
-                f"or use data=digits / data=synthetic, which work offline."
-            )
-        _download_cifar10(root)
-    parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN_FILES]
+            raise missing_offline(what, folder, missing)
+        _download_cifar(cls, root)
+    parts = [read_cifar_batch(folder / f, what) for f in train_files]
     train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
-    test = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
-    train, val = _split_off(train, val_size, split_seed)
+    test = read_cifar_batch(folder / test_files[0], what)
+    train, val = split_off(train, held_count(val_size, len(train)), split_seed)
     return Splits(train, val, test)
+
+
+@facts(channels=3, image_size=32, num_classes=10, train_pool=50000)
+def load_cifar10(root: str, download: bool, val_size: float, split_seed: int) -> Splits:
+    from torchvision.datasets import CIFAR10
+
+    return load_cifar(CIFAR10, root, download, val_size, split_seed)
 
 
 # --------------------------------------------------------------------------- digits
 
 
+@facts(num_classes=10, train_pool=1797, held_out=("test_size", "val_size"))
 def load_digits(channels: int, image_size: int, test_size: int, val_size: int, split_seed: int) -> Splits:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -139,8 +339,8 @@ def load_digits(channels: int, image_size: int, test_size: int, val_size: int, s
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = x.repeat(1, channels, 1, 1)
     full = Split((x * 255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(bunch.target).long())
-    rest, test = _split_off(full, test_size, split_seed)
-    train, val = _split_off(rest, val_size, split_seed + 1)
+    rest, test = split_off(full, held_count(test_size, len(full)), split_seed)
+    train, val = split_off(rest, held_count(val_size, len(full)), split_seed + 1)
     return Splits(train, val, test)
 
 
@@ -150,6 +350,7 @@ def load_digits(channels: int, image_size: int, test_size: int, val_size: int, s
 SYNTHETIC_CHUNK = 4096
 
 
+@facts(train_key="train_size")
 def make_synthetic(
     channels: int, image_size: int, num_classes: int, train_size: int, val_size: int, test_size: int,
     noise: float, split_seed: int,

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective
@@ -24,7 +24,7 @@ from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evalua
 from optimlab.errors import OptimlabError, StorageError
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.progress import ConsoleProgress
-from optimlab.observe.tensorboard import TensorBoardLogger
+from optimlab.observe.loggers import Guarded
 from optimlab.run import describe, signals
 from optimlab.run.folder import SUMMARY_FILE, RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
@@ -100,15 +100,17 @@ class FolderWriter:
 
 
 def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int) -> list:
-    """Callbacks that only watch: console progress, curves.png, TensorBoard events."""
+    """Callbacks that only watch: console progress, curves.png, the ``logger`` group's trackers."""
     found: list = [ConsoleProgress(cfg.epochs, cfg.batch_size, n_train, quiet=cfg.quiet)]
     if cfg.plots:
         found.append(CurvesPlotter(folder.path, title=describe.title(cfg)))
-    if cfg.tensorboard:
-        found.append(
-            TensorBoardLogger(folder.path, describe.hparams(cfg, overrides), cfg.objective.metric,
-                              cfg.objective.direction, start_epoch=state.epoch)  # fmt: skip
-        )
+    common = {"log_dir": str(folder.path), "hparams": describe.hparams(cfg, overrides), "metric": cfg.objective.metric,
+              "direction": cfg.objective.direction, "start_epoch": state.epoch}  # fmt: skip
+    for name, node in (cfg.get("logger") or {}).items():
+        if name == "tensorboard" and not cfg.tensorboard:
+            continue
+        own = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+        found.append(Guarded(name, lambda node=node, own=own: get_method(node._target_)(**common, **own)))
     return found
 
 
