@@ -124,3 +124,12 @@ def pareto(points: Sequence[Sequence[float] | None], directions: Sequence[str]) 
     for trial in study.best_trials:
         optimal[trial.user_attrs["index"]] = True
     return optimal
+
+
+def directions(direction: Any) -> list[str]:
+    """A direction setting as Optuna's strings: ``maximize``, ``[maximize, minimize]``, or
+    Enum members of either (a structured sweeper config stores its ``Direction`` enum)."""
+    from enum import Enum
+
+    items = direction if isinstance(direction, Sequence) and not isinstance(direction, str) else [direction]
+    return [d.name if isinstance(d, Enum) else str(d) for d in items]

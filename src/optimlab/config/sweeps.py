@@ -219,9 +219,8 @@ def _objective_count(config: DictConfig, sweeper: Any) -> None:
     if direction is None or objective is None:  # no Optuna sweeper, or one that takes the objective's
         return
     from optimlab import objective as objectives
-    from optimlab.sweeping import upstream
 
-    directions = upstream.directions(direction)
+    directions = objectives.directions(direction)
     metrics, _ = objectives.targets(objective)
     if len(directions) != len(metrics):
         key = "objective.metrics" if objective.get("metrics") else "objective.metric"

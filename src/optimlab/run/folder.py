@@ -128,6 +128,11 @@ class RunFolder:
 
     # ------------------------------------------------------------------ summary.json
 
+    @property
+    def summary_path(self) -> Path:
+        """Where the summary is (for messages; read and write it through this class)."""
+        return self.path / SUMMARY_FILE
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write(SUMMARY_FILE, (json.dumps(summary, indent=2, default=str) + "\n").encode())
 

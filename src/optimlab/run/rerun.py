@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import resolvers
 from optimlab.errors import ConfigError, OptimlabError
-from optimlab.run.folder import SUMMARY_FILE, UNREADABLE, RunFolder
+from optimlab.run.folder import UNREADABLE, RunFolder
 from optimlab.run.provenance import git_info, versions
 
 log = logging.getLogger("optimlab.rerun")
@@ -134,7 +134,7 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
         summary = original.read_summary()
         if summary is UNREADABLE:
             raise ConfigError(
-                f"{original.path / SUMMARY_FILE} is not valid JSON (the run folder is damaged); nothing was run: "
+                f"{original.summary_path} is not valid JSON (the run folder is damaged); nothing was run: "
                 f"restore that file, or move it away to re-run from the folder's config without it"
             )
         job = job_config(original)

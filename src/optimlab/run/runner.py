@@ -26,7 +26,7 @@ from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.progress import ConsoleProgress
 from optimlab.observe.loggers import Guarded
 from optimlab.run import describe, signals
-from optimlab.run.folder import SUMMARY_FILE, RunFolder
+from optimlab.run.folder import RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
 from optimlab.run.resume import Resume
 
@@ -285,6 +285,6 @@ def run(
             written = folder.end_summary(final)
             _end_observers(watchers, final)
     if not written:
-        raise StorageError(f"cannot write {folder.path / SUMMARY_FILE}: the run completed but its summary "
+        raise StorageError(f"cannot write {folder.summary_path}: the run completed but its summary "
                            f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
     return objective.returned(final["objective"])

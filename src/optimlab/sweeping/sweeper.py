@@ -164,7 +164,7 @@ class OptimlabSweeperImpl(Sweeper):
         return instantiate(upstream.sampler_kwargs(cfg))
 
     def _directions(self) -> list[str]:
-        return upstream.directions(self.direction)
+        return objectives.directions(self.direction)
 
     def _open_study(self, url: str) -> optuna.Study:
         heartbeat = self.heartbeat_interval if is_rdb(url) else None

@@ -14,7 +14,6 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from hydra.utils import instantiate
@@ -140,7 +139,3 @@ def sampler_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if not (k in stale and v == stale[k])}
 
 
-def directions(direction: Any) -> list[str]:
-    """``maximize`` / ``[maximize, minimize]`` / upstream's Direction enum → Optuna's strings."""
-    items = direction if isinstance(direction, Sequence) and not isinstance(direction, str) else [direction]
-    return [d.name if isinstance(d, Enum) else str(d) for d in items]
