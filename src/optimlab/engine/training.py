@@ -17,43 +17,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from optimlab.engine.data import DeviceData
+from optimlab.engine.metrics import LOGGER_TAGS, METRIC_COLUMNS, TIMING_COLUMNS, EpochResult  # noqa: F401  (re-exported)
 from optimlab.errors import Diverged
 
 log = logging.getLogger(__name__)
-
-
-def _column(tag: str, timing: bool = False) -> Any:
-    return field(metadata={"tag": tag, "timing": timing})
-
-
-@dataclass
-class EpochResult:
-    """One epoch's metrics: THE declaration of the metric columns (metrics.csv, plots,
-    TensorBoard and every other logger read them from here). ``tag``: the name loggers use."""
-
-    epoch: int = _column("epoch")
-    lr: float = _column("lr")
-    train_loss: float = _column("train/loss")
-    val_loss: float = _column("val/loss")
-    val_acc: float = _column("val/acc")
-    seconds: float = _column("perf/epoch_s", timing=True)
-    images_per_s: float = _column("perf/images_per_s", timing=True)
-
-    def as_row(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-METRIC_COLUMNS = tuple(f.name for f in fields(EpochResult))
-# columns that measure the machine, not the math: they differ between identical runs
-TIMING_COLUMNS = tuple(f.name for f in fields(EpochResult) if f.metadata["timing"])
-LOGGER_TAGS = {f.name: f.metadata["tag"] for f in fields(EpochResult) if f.name != "epoch"}
 
 
 @dataclass

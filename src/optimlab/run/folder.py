@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.engine.training import METRIC_COLUMNS, EpochResult
+from optimlab.engine.metrics import METRIC_COLUMNS, EpochResult
 from optimlab.errors import CheckpointError, StorageError
 from optimlab.files import atomic_write_bytes
 from optimlab.run.lock import LOCK_FILE, FolderLock  # noqa: F401 - LOCK_FILE: the folder's file names in one place
