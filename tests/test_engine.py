@@ -29,6 +29,7 @@ CPU = torch.device("cpu")
 
 def data_cfg(train=200, val=40, test=30, crop=0, flip=False, **extra):
     return {
+        "_target_": "optimlab.engine.data.make_synthetic",
         "name": "synthetic",
         "channels": 3,
         "image_size": 16,
