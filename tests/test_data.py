@@ -164,6 +164,17 @@ def test_svhn_offline_fails_fast(tmp_path):
         datasets.load(compose_config(["data=svhn", f"data.root={tmp_path}", "data.download=false"]).data)
 
 
+def test_corrupt_mnist_and_svhn_files_are_one_line_errors(tmp_path):
+    raw = write_tiny_mnist(tmp_path / "m")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
+    msg = _error(["data=mnist", f"data.root={tmp_path / 'm'}", "data.download=false", "data.val_size=4"])
+    assert msg.startswith(f"MNIST files in {raw} are corrupt or not in the idx format") and "download them again" in msg
+    write_tiny_svhn(tmp_path / "s")
+    (tmp_path / "s" / "test_32x32.mat").write_bytes(b"MATLAB? no")
+    msg = _error(["data=svhn", f"data.root={tmp_path / 's'}", "data.download=false", "data.val_size=6"])
+    assert msg.startswith(f"SVHN file {tmp_path / 's' / 'test_32x32.mat'} is corrupt") and "download it again" in msg
+
+
 # --------------------------------------------------------------------------- image folder
 
 

@@ -85,7 +85,7 @@ def reference(tmp_path_factory):
     ok(train_cli(*sweep_args("ref", "hydra.sweeper.n_trials=1"), cwd=root))
     study = optuna.load_study(study_name="optimlab", storage=f"sqlite:///{root}/multirun/ref/optuna.db")
     (trial,) = study.trials
-    return trial.params, trial.value
+    return trial.params, trial.value, trial.intermediate_values
 
 
 @pytest.mark.slow
@@ -108,6 +108,8 @@ def test_sigkilled_worker_trial_resumes_on_rerun(tmp_path, kind, reference):
     (resumed,) = [t for t in study.trials if t.user_attrs.get("resume_of") == 0]
     assert resumed.params == dead.params == reference[0]  # the seeded sweep's first params
     assert resumed.value == reference[1]  # the value an uninterrupted sweep found, exactly
+    # the pruner sees the whole curve: epoch 1 (reported by the dead attempt) is reported again
+    assert resumed.intermediate_values == reference[2] and len(reference[2]) == 3
     root = tmp_path / "multirun" / "k"
     summary = json.loads((root / f"trial_{resumed.number:04d}" / "summary.json").read_text())
     assert summary["resumed_from"]["run_dir"] == str(root / "trial_0000") and summary["resumed_from"]["epoch"] == 1

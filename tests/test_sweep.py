@@ -148,3 +148,19 @@ def test_presets_compose_with_the_optimlab_sweeper():
     assert cfg.hydra.sweeper.params.lr.startswith("tag(log")
     assert cfg.hydra.sweeper.study_name == "lr_momentum"
     assert cfg.optimizer.momentum == cfg.momentum
+
+
+def test_best_command_gives_back_each_param_as_the_trial_had_it():
+    """The re-run command of a trial parses back (shell, then Hydra) to its exact params:
+    group options stay bare, strings that look like numbers or keywords stay strings."""
+    import shlex
+
+    from optimlab.config import overrides as ovr
+    from optimlab.sweeping.summary import best_command
+
+    params = {"lr": 0.0123, "batch_size": 64, "optimizer": "adam", "tag": "8e771234", "flag": "true", "note": "a b"}
+    command = best_command(params, ["data=digits", "lr=tag(log,interval(1e-4,0.1))"])
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "train.py"] and "optimizer=adam" in argv
+    parsed = {o.key_or_group: o.value() for o in ovr.parse(argv[2:])}
+    assert parsed == {"data": "digits", **params}

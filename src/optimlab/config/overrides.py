@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -43,3 +45,11 @@ def without_keys(lines: Iterable[str], keys: Iterable[str]) -> list[str]:
     """The override lines whose key is not in ``keys``."""
     drop = set(keys)
     return [line for line in lines if key_of(line) not in drop]
+
+
+def quote(value: Any) -> str:
+    """A Hydra override value that stays a string whatever characters it holds."""
+    # Hydra's quoted strings: backslashes escape only a quote or the closing quote after them
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text + "'"

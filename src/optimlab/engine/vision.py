@@ -15,6 +15,8 @@ the files go. The facts on each loader (``@facts``) let the config checks judge
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,17 @@ from optimlab.engine.data import (
     Split, Splits, split_off, download_or_explain, facts, fit_images, held_count, load_cifar, missing_offline,
 )  # fmt: skip
 from optimlab.errors import DataError
+
+
+
+@contextlib.contextmanager
+def _corrupt_if_unreadable(problem: str, fix: str) -> Iterator[None]:
+    """Any error while reading a dataset's files is one problem for the user: the files."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{problem} ({type(e).__name__}: {e}); {fix}") from e
+
 
 # --------------------------------------------------------------------------- MNIST, Fashion-MNIST
 
@@ -46,16 +59,12 @@ def load_idx(cls, what: str, root: str, download: bool, channels: int, image_siz
         download_or_explain(what, folder, lambda: cls(str(root), train=True, download=True))
 
     def read(train: bool) -> Split:
-        try:
+        with _corrupt_if_unreadable(f"{what} files in {folder} are corrupt or not in the idx format",
+                                    f"delete {folder} and download them again"):  # fmt: skip
             ds = cls(str(root), train=train, download=False)
             x, y = ds.data, ds.targets
             if x.dim() != 3 or len(x) != len(y):
                 raise ValueError(f"images of shape {tuple(x.shape)} with {len(y)} labels")
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
-            raise DataError(
-                f"{what} files in {folder} are corrupt or not in the idx format ({type(e).__name__}: {e}); "
-                f"delete {folder} and download them again"
-            ) from e
         return Split(fit_images(x.unsqueeze(1), channels, image_size), y.long())
 
     train, test = read(True), read(False)
@@ -94,17 +103,13 @@ def load_cifar100(root: str, download: bool, val_size: float, split_seed: int) -
 def _read_svhn(path: Path) -> Split:
     import scipy.io as sio
 
-    try:
+    with _corrupt_if_unreadable(f"SVHN file {path} is corrupt or not in SVHN's .mat format",
+                                "delete it and download it again"):  # fmt: skip
         mat = sio.loadmat(str(path))
         x = np.asarray(mat["X"])  # (32, 32, 3, N)
         y = np.asarray(mat["y"]).astype(np.int64).reshape(-1)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
             raise ValueError(f"X of shape {x.shape} ({x.dtype}) with {len(y)} labels")
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise DataError(
-            f"SVHN file {path} is corrupt or not in SVHN's .mat format ({type(e).__name__}: {e}); "
-            f"delete it and download it again"
-        ) from e
     y[y == 10] = 0  # as torchvision: digit 0 is stored as 10
     return Split(torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,20 @@ def resume_source(trials_by_number: dict[int, FrozenTrial], number: int) -> Path
             return Path(run_dir)
         number = trial.user_attrs.get(RESUME_OF)
     return None
+
+
+def earlier_reports(trials: Iterable[FrozenTrial], source: Path) -> dict[int, float]:
+    """The per-epoch values the attempt that wrote ``source`` reported for the epochs its
+    checkpoint holds: a continuation reports them again, so the pruner sees its whole curve
+    (a successive-halving rung it passed before dying is not skipped)."""
+    owner = next((t for t in trials if t.user_attrs.get("run_dir") == str(source)), None)
+    if owner is None or not owner.intermediate_values:
+        return {}
+    try:
+        epoch = RunFolder(source, create=False).load_checkpoint().epoch
+    except Exception:  # noqa: BLE001 - the job's own resume reports an unreadable checkpoint
+        return {}
+    return {step: value for step, value in sorted(owner.intermediate_values.items()) if step <= epoch}
 
 
 def resume_overrides(source: Path, quote) -> list[str]:

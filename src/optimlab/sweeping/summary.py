@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ TRIALS_FILE = "trials.csv"
 RESULTS_FILE = "optimization_results.yaml"
 PLOTS = ("optimization_history.png", "lr_momentum.png", "param_importances.png")
 PARETO_PLOT = "pareto_front.png"
+# a string value Hydra reads back as that same string without quotes (a group option, a name)
+PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+HYDRA_WORDS = {"true", "false", "null", "inf", "nan"}
 
 
 def objective_names(study) -> list[str]:
@@ -67,7 +71,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 **{p: t.params.get(p) for p in names},
                 "status": a.get("status", ""),
                 "best_epoch": a.get("best_epoch", ""),
-                "epochs": a.get("epochs", ""),
+                "epochs": a.get("epochs_completed", ""),
                 "duration_s": round(duration, 3) if duration is not None else "",
                 "run_dir": a.get("run_dir", ""),
                 "host": a.get("host", ""),
@@ -91,7 +95,11 @@ def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
 
 
 def _fmt(v: Any) -> str:
-    return repr(v) if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str) and not PLAIN.fullmatch(v) or str(v).lower() in HYDRA_WORDS:
+        return ovr.quote(v)  # stays a string when Hydra parses it back (as the trial's override did)
+    return str(v)
 
 
 def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str) -> dict[str, Any]:

@@ -357,6 +357,8 @@ class OptimlabSweeperImpl(Sweeper):
             source = attempts.resume_source(by_number, dead) if dead is not None else None
             if source is not None:
                 extra += attempts.resume_overrides(source, quote)
+                for step, value in attempts.earlier_reports(by_number.values(), source).items():
+                    trial.report(value, step)
                 log.info("trial %d continues trial %d from %s", trial.number, dead, source)
         for trial in batch:
             trial.set_user_attr("session", session)
@@ -396,7 +398,7 @@ class OptimlabSweeperImpl(Sweeper):
         run = RunFolder(self.sweep_dir / trial_dir_name(trial.number), create=False).summary()
         if run:
             trial.set_user_attr("status", run.get("status"))
-            trial.set_user_attr("epochs", run.get("epochs_completed"))
+            trial.set_user_attr("epochs_completed", run.get("epochs_completed"))
             trial.set_user_attr("best_epoch", (run.get("objective") or {}).get("best_epoch"))
         if ret.status != JobStatus.COMPLETED:
             try:

@@ -10,7 +10,6 @@ upstream plugin (Hydra 1.4 changed ``create_params_from_overrides`` and removed
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf  # noqa:
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial
+
+from optimlab.config.overrides import quote  # noqa: F401  (re-exported: every generated value passes through it)
 
 SEARCH_SPACE_DOCS = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
 
@@ -66,14 +67,6 @@ class SearchSpace:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return {name: _to_grid(dist) for name, dist in self.distributions.items()}
-
-
-def quote(value: Any) -> str:
-    """A Hydra override value that stays a string whatever characters it holds."""
-    # Hydra's quoted strings: backslashes escape only a quote or the closing quote after them
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text + "'"
 
 
 def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
