@@ -76,6 +76,14 @@ class CheckpointSchema:
 
 
 @dataclass
+class ProfileSchema:
+    steps: int = field(default=0, metadata=rule(">= 0 (0: no profiler)", lambda v: v >= 0))
+    warmup: int = field(default=1, metadata=AT_LEAST_0)
+    memory: bool = False
+    shapes: bool = False
+
+
+@dataclass
 class DeviceSchema:
     type: str = field(default="auto", metadata=one_of(*DEVICES))
 
@@ -186,6 +194,7 @@ class ConfigSchema:
     quiet: bool = False
     tensorboard: bool = True
     plots: bool = True
+    profile: ProfileSchema = field(default_factory=ProfileSchema)
     device: DeviceSchema = field(default_factory=DeviceSchema)
     data: DataSchema = field(default_factory=DataSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
