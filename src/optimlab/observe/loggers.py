@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,11 +196,19 @@ class MLflowLogger:
     runs go. A sweep's trials are nested runs (MLflow's ``mlflow.parentRunId`` tag) of one
     parent run per study, named after the study, which holds the study's best objective so far:
     the UI shows a sweep as one expandable row, the way MLflow's own tuning examples do.
+
+    ``http_retries`` / ``http_timeout``: how long an ``http://`` server may keep a run waiting
+    (MLflow's own default retries for minutes); ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` in the environment win over them.
     """
 
     def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep: Sweep | None = None,
                  folder=None, objectives=None, tracking_uri: str = "sqlite:///mlflow.db",
-                 experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None):  # fmt: skip
+                 experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None,
+                 http_retries: int = 2, http_timeout: float = 10):  # fmt: skip
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(http_retries)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(http_timeout)))
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
