@@ -143,7 +143,7 @@ def test_a_sweep_is_one_mlflow_parent_run_and_one_wandb_group(tmp_path):
         cwd=tmp_path, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "logger" not in proc.stderr.split("is off")[0][-200:] or "is off" not in proc.stderr, proc.stderr[-2000:]
+    assert "is off" not in proc.stdout + proc.stderr  # no logger failed
 
     client, runs = mlflow_runs(uri)
     parents = [r for r in runs if r.data.tags.get("optimlab.role") == "study"]
@@ -159,7 +159,8 @@ def test_a_sweep_is_one_mlflow_parent_run_and_one_wandb_group(tmp_path):
         assert trial.info.status == "FINISHED"
         folder = tmp_path / "multirun" / "s" / f"trial_{n:04d}"
         summary = json.loads((folder / "summary.json").read_text())
-        assert float(trial.data.params["lr"]) == pytest.approx(float(summary["overrides"][-1].split("=")[1])) or True
+        (lr,) = [o.split("=", 1)[1] for o in summary["overrides"] if o.startswith("lr=")]  # the trial's sampled lr
+        assert float(trial.data.params["lr"]) == pytest.approx(float(lr))
         assert trial.data.metrics["objective"] == pytest.approx(summary["objective"]["value"])
         values.append(summary["objective"]["value"])
 
