@@ -105,14 +105,16 @@ def mlflow_runs(uri, experiment="optimlab"):
 
 
 @pytest.mark.slow
-def test_mlflow_file_store_read_back_through_the_client(tmp_path):
+def test_mlflow_file_store_read_back_through_the_client(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # the logger opts in for a file: URI itself
     uri = (tmp_path / "mlruns").as_uri()  # file:///.../mlruns
     overrides = ["logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.tags={team: vision}", "lr=0.02"]
     run(compose_config([*SMALL, *overrides]), str(tmp_path / "run"), overrides=overrides)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     metrics = read_csv(tmp_path / "run" / "metrics.csv")
 
+    assert os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true"  # what `mlflow ui` on a file store needs too
     client, (found,) = mlflow_runs(uri)
     assert (tmp_path / "mlruns").is_dir()
     assert found.info.status == "FINISHED" and found.info.run_name == "run"
@@ -272,3 +274,18 @@ def assert_complete(folder):
     assert len(read_csv(folder / "metrics.csv")) == 2
     assert (folder / "checkpoint.pt").is_file() and (folder / ".hydra" / "config.yaml").is_file()
     assert [r["epoch"] for r in read_csv(folder / "log.csv")] == ["1", "2", "end"]  # the other logger went on
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("logger.wandb.mode=sometimes", r"^logger\.wandb\.mode='sometimes' is not valid: must be one of offline, online, disabled, shared$"),
+        ("logger.mlflow.http_retries=-1", r"^logger\.mlflow\.http_retries=-1 is not valid: must be an integer >= 0$"),
+    ],
+)
+def test_bad_logger_keys_are_one_line_before_any_work(override, expected):
+    from optimlab.config import validate
+    from optimlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        validate(compose_config([*TINY, "logger=[wandb,mlflow]", override]))

@@ -75,6 +75,22 @@ class CheckpointSchema:
     every: int = field(default=1, metadata=rule(">= 0 (0: only at the end)", lambda v: v >= 0))
 
 
+# Keys of the built-in trackers (``conf/logger/``), by class name: key -> (allowed, predicate)
+WANDB_MODES = ("offline", "online", "disabled", "shared")
+LOGGER_RULES = {
+    "WandbLogger": {
+        "mode": (f"one of {', '.join(WANDB_MODES)}", lambda v: v in WANDB_MODES),
+        "project": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+    },
+    "MLflowLogger": {
+        "tracking_uri": ("a tracking URI: sqlite:///<file>, file:<folder>, http(s)://<host>", lambda v: isinstance(v, str) and bool(v)),
+        "experiment": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "http_retries": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "http_timeout": ("a number > 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+    },
+}
+
+
 @dataclass
 class ProfileSchema:
     steps: int = field(default=0, metadata=rule(">= 0 (0: no profiler)", lambda v: v >= 0))
