@@ -177,15 +177,31 @@ def test_a_sweep_is_one_mlflow_parent_run_and_one_wandb_group(tmp_path):
 # --------------------------------------------------------------------------- W&B offline
 
 
-def read_wandb(path):
+def read_wandb(path, timeout=30.0):
     """The records of a W&B run file (``run-*.wandb``: LevelDB-log framing of W&B's own
     ``Record`` protobufs, read with wandb's schema): the run record, the config, each
-    history row and the final summary, as plain Python."""
+    history row and the final summary, as plain Python.
+
+    W&B's service process writes the file, and may still be flushing it when ``finish()``
+    has returned in the training process: read until its exit record is there."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _read_wandb_once(path)
+        if found["exit"] is not None or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _read_wandb_once(path):
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 
     data, block = Path(path).read_bytes(), 32768
+    if len(data) < 7:
+        return {"run": None, "config": {}, "history": [], "summary": {}, "exit": None}
     ident, magic, _ = struct.unpack("<4sHB", data[:7])
     assert ident == b":W&B" and magic == 0xBEE1, "not a W&B run file"
     out = {"run": None, "config": {}, "history": [], "summary": {}, "exit": None}
@@ -196,6 +212,8 @@ def read_wandb(path):
         if left < 7 or (kind == 0 and length == 0):
             pos += left  # the rest of a block is padding
             continue
+        if pos + 7 + length > len(data):
+            break  # a record still being written
         buf += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind not in (1, 4):  # FIRST/MIDDLE pieces of a record
@@ -266,6 +284,21 @@ def test_a_missing_package_is_one_warning(tmp_path, package):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if f"logger {package}" in line]
     assert len(lines) == 1 and f"No module named '{package}'" in lines[0] and "install" in lines[0], lines
     assert_complete(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_failing_logger_never_stops_a_sweep(tmp_path):
+    from test_sweep import SWEEP_TINY
+
+    env = {"OPTIMLAB_BLOCK_IMPORT": "wandb", "PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")]))}
+    proc = train_cli("-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/s", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.plots=false", *SWEEP_TINY, "epochs=2", "checkpoint.every=1", "lr=interval(0.001,0.1)",
+                     "logger=[wandb,csv]", cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "logger wandb is off" in line]
+    assert len(lines) == 2, lines  # one line per trial
+    for n in range(2):
+        assert_complete(tmp_path / "multirun" / "s" / f"trial_{n:04d}")
 
 
 def assert_complete(folder):

@@ -1,11 +1,13 @@
 """Experiment trackers: the ``logger`` config group (``logger=[tensorboard,mlflow]``).
 
 Every logger is a training callback built as ``Logger(log_dir, hparams, metric, direction,
-start_epoch, sweep, **its own keys)`` and gets the same things: the run's hyperparameters when it
-starts, the per-epoch scalars (:data:`~optimlab.engine.training.LOGGER_TAGS`) after each
-epoch, and at the end the final status and the test metrics (``on_run_end(summary)``).
-``sweep`` (a :class:`Sweep`, None for a single run) says which trial of which study the run
-is, so a tracker can group a sweep's trials (an MLflow parent run, a W&B group).
+start_epoch, sweep, folder, objectives, **its own keys)`` and gets the same things: the run's
+hyperparameters when it starts, the per-epoch scalars (:data:`~optimlab.engine.training.LOGGER_TAGS`)
+and the objective(s) so far after each epoch, and at the end the final status, the test
+metrics and the objective(s) (``on_run_end(summary)``). ``sweep`` (a :class:`Sweep`, None for
+a single run) says which trial of which study the run is, so a tracker can group a sweep's
+trials (an MLflow parent run, a W&B group); ``folder`` is the run's RunFolder, for a logger
+that writes a file of the run folder (logger=csv); ``objectives``: [(metric, direction), ...].
 
 A logger that fails (its package missing, its server unreachable, its disk full) never
 fails the run: :class:`Guarded` logs one warning line and drops it; training and the run
@@ -29,6 +31,8 @@ from optimlab.engine.training import LOGGER_TAGS, EpochResult, TrainState
 
 log = logging.getLogger(__name__)
 
+# trackers optimlab installs as extras (pyproject.toml): import name -> what pip installs
+EXTRAS = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
 # what every logger reports at the end, besides the per-epoch scalars
 TEST_TAGS = {"acc": "test/acc", "loss": "test/loss"}
 
@@ -46,16 +50,13 @@ class Sweep:
     def key(self) -> str:
         return hashlib.sha1(f"{self.storage}\n{self.study}".encode()).hexdigest()[:16]
 
-    @property
-    def trial_name(self) -> str:
-        return f"trial_{self.trial:04d}"
-
 
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-    if isinstance(e, ModuleNotFoundError) and e.name:
-        reason += f"; install it: uv sync --extra {e.name.split('.')[0]}, or pip install {e.name.split('.')[0]}"
+    package = (e.name or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+    if package in EXTRAS:
+        reason += f"; install it with uv sync --extra {package} (or pip install {EXTRAS[package]})"
     return reason
 
 
@@ -311,8 +312,8 @@ def _millis() -> int:
 class WandbLogger:
     """One W&B run per training run: ``config`` = the hyperparameters, a step per epoch, and
     in the run's summary the status, the test metrics and the objective(s); a failed run ends
-    with exit code 1. A sweep's trials share a W&B ``group`` (the study's name) and are named
-    ``trial_NNNN`` with ``job_type=trial``.
+    with exit code 1. Runs are named after their folder; a sweep's trials (``trial_NNNN``)
+    share a W&B ``group`` (the study's name) and have ``job_type=trial``.
 
     ``mode: offline`` (the default) needs no account: the run is written under
     ``<run folder>/wandb/offline-run-*`` and ``wandb sync <that folder>`` uploads it later.
@@ -329,7 +330,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=project, entity=entity, mode=mode, dir=str(log_dir), config=dict(hparams),
             group=group or (sweep.study if sweep else None), job_type=job_type or ("trial" if sweep else "train"),
-            name=name or (sweep.trial_name if sweep else Path(log_dir).name), tags=[str(t) for t in tags or []],
+            name=name or Path(log_dir).name, tags=[str(t) for t in tags or []],
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
                                     save_code=False, init_timeout=30),  # fmt: skip
