@@ -16,8 +16,8 @@ from conftest import ROOT
 SRC = ROOT / "src"
 PACKAGE = SRC / "optimlab"
 FOLDER_OWNER = "optimlab.run.folder"
-RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt")
-OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE")
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt", "log.csv", "profile_trace.json")
+OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "LOG_TABLE_FILE", "PROFILE_TRACE_FILE")
 
 # Lower numbers are lower layers; a module may import its own package or lower layers.
 LAYERS = {

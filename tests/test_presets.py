@@ -9,6 +9,7 @@ import pytest
 from conftest import compose_config
 from optimlab.config.checks import training_split_size, validate
 from optimlab.engine import data as datasets
+from optimlab.run.folder import RunFolder
 from optimlab.run.runner import run
 from test_foundation import write_tiny_cifar
 
@@ -55,3 +56,27 @@ def test_debug_overfit_drives_the_training_loss_to_zero(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 60
     assert summary["final"]["train_loss"] < 0.02, summary["final"]
+
+
+def test_debug_profile_writes_a_chrome_trace_into_the_run_folder(tmp_path):
+    cfg = compose_config(["debug=profile", "data=synthetic", "model=lenet", "data.image_size=16", "data.channels=1",
+                          "batch_size=32", "quiet=true", "device=cpu", "profile.steps=3"])  # fmt: skip
+    validate(cfg)
+    assert cfg.epochs == 1 and cfg.data.limit == 1024 and not cfg.logger and cfg.profile.warmup == 1
+    run(cfg, str(tmp_path))
+    trace = json.loads((RunFolder(tmp_path).profile_trace_path).read_text())  # valid JSON, Chrome's trace format
+    events = trace["traceEvents"]
+    steps = sorted({e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")})
+    assert steps == ["ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#3"]  # the 3 traced steps, after 1 warm-up step
+    assert any("conv" in e.get("name", "") for e in events)  # the model's own ops are in it
+    assert all({"ph", "name"} <= set(e) for e in events)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_profile_keys_are_checked(tmp_path):
+    from optimlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^profile.steps=-1 .*>= 0") as e:
+        validate(compose_config(["debug=profile", "profile.steps=-1"]))
+    assert "\n" not in str(e.value)
+    assert compose_config([]).profile.steps == 0  # no profiler unless asked

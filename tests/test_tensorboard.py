@@ -66,3 +66,26 @@ def test_switched_off(tmp_path):
     run(compose_config(overrides), str(tmp_path), overrides=overrides)
     assert (tmp_path / "summary.json").exists()
     assert events(tmp_path) == []
+
+
+def test_several_objectives_are_all_logged(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    overrides = [*SMALL, "epochs=2", "tensorboard=true", "objective.metrics=[val_loss,train_seconds]"]
+    run(compose_config(overrides), str(tmp_path), overrides=overrides)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    import json
+
+    goal = json.loads((tmp_path / "summary.json").read_text())["objective"]
+    # an epoch metric: its best so far after every epoch; a run metric: its value at the end
+    assert [e.step for e in acc.Scalars("objective/val_loss")] == [1, 2]
+    assert acc.Scalars("objective/val_loss")[-1].value == pytest.approx(goal["values"][0])
+    assert [e.step for e in acc.Scalars("objective/train_seconds")] == [2]
+    assert acc.Scalars("objective/train_seconds")[-1].value == pytest.approx(goal["values"][1])
+    assert "objective" not in acc.Tags()["scalars"]
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    listed = {m.name.tag for m in experiment.metric_infos}
+    assert {"objective/val_loss", "objective/train_seconds"} <= listed

@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> float:
     """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
     from optimlab.run import resume
     from optimlab.run.folder import RunFolder
-    from optimlab.sweeping.pruning import trial_callbacks
+    from optimlab.sweeping.pruning import TrialLink, trial_callbacks
 
     hc = HydraConfig.get()
     # unresolved: an override such as lr=${nope} is validate()'s to report, not a crash here
@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> float:
             from optimlab.run.runner import run
 
             started = True
-            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan)
+            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=_sweep_of(TrialLink.from_env()))
     except OptimlabError as e:
         # a resume's new folder says why it holds no run; a folder with results is never touched
         if not started and cfg.get("resume") not in (None, resume.AUTO) and not folder.holds_results():
@@ -69,6 +69,13 @@ def train(cfg: DictConfig) -> float:
         how = "Ctrl-C" if status == "interrupted" else "SIGTERM"
         log.error("%s (%s): state saved in %s (summary.json status: %s)", status, how, run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
+
+
+def _sweep_of(link):
+    """The study a trial belongs to, for the loggers (None for a single run)."""
+    from optimlab.observe.loggers import Sweep
+
+    return Sweep(study=link.study, trial=link.number, storage=link.storage) if link is not None else None
 
 
 # top-level knobs the optimizer configs interpolate (``lr: ${lr}``), and a hint when one is not read

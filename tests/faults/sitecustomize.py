@@ -1,4 +1,5 @@
-"""Fault injection for the tests (on PYTHONPATH only in the tests that want it).
+"""Fault injection for the tests (on PYTHONPATH only in the tests that want it): kills, pauses,
+hangs at exact training steps, and packages that cannot be imported.
 
 ``OPTIMLAB_KILL_AT=E`` or ``E:S`` makes the process SIGKILL itself just before training
 step S (default 0) of epoch E (1-based): "3" = right after epoch 2 ended and was
@@ -73,3 +74,18 @@ if _HANG:
         yield from _batches_to_hang(self, batch_size, seed, epoch)
 
     DeviceData.train_batches = _hanging_batches
+
+# ``OPTIMLAB_BLOCK_IMPORT=wandb,mlflow``: those packages (and their submodules) cannot be
+# imported, as in an environment where they were never installed.
+_BLOCKED = tuple(m for m in os.environ.get("OPTIMLAB_BLOCK_IMPORT", "").split(",") if m)
+
+if _BLOCKED:
+    import sys
+
+    class _Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in _BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _Blocker())

@@ -256,6 +256,22 @@ def _check_scheduler(cfg: DictConfig) -> None:
         raise _fail("scheduler.epochs", sch.get("epochs"), f"must be >= epochs ({cfg.epochs}): OneCycleLR cannot step past its cycle")
 
 
+def _check_loggers(cfg: DictConfig) -> None:
+    """Each ``logger`` entry names its class, and the keys of the built-in trackers have
+    values they accept (a tracker's own failures at run time are warnings, not errors)."""
+    loggers = cfg.get("logger")
+    if loggers is None:
+        return
+    if not isinstance(loggers, DictConfig):
+        raise _fail("logger", loggers, "must be a logger group option: logger=tensorboard, logger=[tensorboard,mlflow], logger=none")
+    for name, node in loggers.items():
+        if not isinstance(node, DictConfig) or not node.get("_target_"):
+            raise _fail(f"logger.{name}", node, f"must be a group of keys with logger.{name}._target_=<module.Class>")
+        for key, (allowed, ok) in schema.LOGGER_RULES.get(_class_name(node), {}).items():
+            if key in node and node[key] is not None and not ok(node[key]):
+                raise _fail(f"logger.{name}.{key}", node[key], f"must be {allowed}")
+
+
 def _check_objective(cfg: DictConfig) -> None:
     obj = cfg.objective
     if obj.get("metrics") is None:
@@ -277,6 +293,7 @@ def validate(cfg: DictConfig) -> None:
     _check_section(cfg, schema.ConfigSchema, "")
     try:
         _check_objective(cfg)
+        _check_loggers(cfg)
         if "optimizer" in cfg:
             _check_optimizer(cfg)
         if "scheduler" in cfg:

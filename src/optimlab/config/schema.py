@@ -75,6 +75,30 @@ class CheckpointSchema:
     every: int = field(default=1, metadata=rule(">= 0 (0: only at the end)", lambda v: v >= 0))
 
 
+# Keys of the built-in trackers (``conf/logger/``), by class name: key -> (allowed, predicate)
+WANDB_MODES = ("offline", "online", "disabled", "shared")
+LOGGER_RULES = {
+    "WandbLogger": {
+        "mode": (f"one of {', '.join(WANDB_MODES)}", lambda v: v in WANDB_MODES),
+        "project": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+    },
+    "MLflowLogger": {
+        "tracking_uri": ("a tracking URI: sqlite:///<file>, file:<folder>, http(s)://<host>", lambda v: isinstance(v, str) and bool(v)),
+        "experiment": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "http_retries": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "http_timeout": ("a number > 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+    },
+}
+
+
+@dataclass
+class ProfileSchema:
+    steps: int = field(default=0, metadata=rule(">= 0 (0: no profiler)", lambda v: v >= 0))
+    warmup: int = field(default=1, metadata=AT_LEAST_0)
+    memory: bool = False
+    shapes: bool = False
+
+
 @dataclass
 class DeviceSchema:
     type: str = field(default="auto", metadata=one_of(*DEVICES))
@@ -186,6 +210,7 @@ class ConfigSchema:
     quiet: bool = False
     tensorboard: bool = True
     plots: bool = True
+    profile: ProfileSchema = field(default_factory=ProfileSchema)
     device: DeviceSchema = field(default_factory=DeviceSchema)
     data: DataSchema = field(default_factory=DataSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)

@@ -1,9 +1,13 @@
 """Experiment trackers: the ``logger`` config group (``logger=[tensorboard,mlflow]``).
 
 Every logger is a training callback built as ``Logger(log_dir, hparams, metric, direction,
-start_epoch, **its own keys)`` and gets the same things: the run's hyperparameters when it
-starts, the per-epoch scalars (:data:`~optimlab.engine.training.LOGGER_TAGS`) after each
-epoch, and at the end the final status and the test metrics (``on_run_end(summary)``).
+start_epoch, sweep, folder, objectives, **its own keys)`` and gets the same things: the run's
+hyperparameters when it starts, the per-epoch scalars (:data:`~optimlab.engine.training.LOGGER_TAGS`)
+and the objective(s) so far after each epoch, and at the end the final status, the test
+metrics and the objective(s) (``on_run_end(summary)``). ``sweep`` (a :class:`Sweep`, None for
+a single run) says which trial of which study the run is, so a tracker can group a sweep's
+trials (an MLflow parent run, a W&B group); ``folder`` is the run's RunFolder, for a logger
+that writes a file of the run folder (logger=csv); ``objectives``: [(metric, direction), ...].
 
 A logger that fails (its package missing, its server unreachable, its disk full) never
 fails the run: :class:`Guarded` logs one warning line and drops it; training and the run
@@ -13,7 +17,12 @@ folder go on as if it had never been there.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +31,33 @@ from optimlab.engine.training import LOGGER_TAGS, EpochResult, TrainState
 
 log = logging.getLogger(__name__)
 
+# trackers optimlab installs as extras (pyproject.toml): import name -> what pip installs
+EXTRAS = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
 # what every logger reports at the end, besides the per-epoch scalars
 TEST_TAGS = {"acc": "test/acc", "loss": "test/loss"}
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """The study a run is a trial of: its name, the trial's number, and a short key that tells
+    two studies of the same name apart (a hash of the study's storage and name: no password)."""
+
+    study: str
+    trial: int
+    storage: str = ""
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(f"{self.storage}\n{self.study}".encode()).hexdigest()[:16]
+
+
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    package = (e.name or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+    if package in EXTRAS:
+        reason += f"; install it with uv sync --extra {package} (or pip install {EXTRAS[package]})"
+    return reason
 
 
 class Guarded:
@@ -70,6 +99,36 @@ class BestSoFar:
         return self.value
 
 
+class Objectives:
+    """The run's objective(s) as logger scalars: ``objective`` for one, ``objective/<metric>``
+    for each of several (``objective.metrics``). Epoch metrics (val_acc, ...) are logged as
+    their best so far after every epoch; every objective's final value at the end.
+
+    ``objectives``: [(metric, direction), ...] (:func:`optimlab.objective.targets`); None:
+    the one ``metric`` / ``direction``."""
+
+    def __init__(self, metric: str, direction: str, objectives=None):
+        pairs = [(str(m), str(d)) for m, d in (objectives or [(metric, direction)])]
+        several = len(pairs) > 1
+        self.tags = {m: f"objective/{m}" if several else "objective" for m, _ in pairs}
+        self.best = [BestSoFar(m, d) for m, d in pairs if m in objective.EPOCH_METRICS]
+        self.epoch_tags = {self.tags[b.metric] for b in self.best}
+
+    def epoch(self, result: EpochResult) -> dict[str, float]:
+        out = {}
+        for best in self.best:
+            value = best.update(result)
+            if value is not None:
+                out[self.tags[best.metric]] = float(value)
+        return out
+
+    def end(self, summary: dict[str, Any]) -> dict[str, float]:
+        goal = summary.get("objective") or {}
+        names = goal.get("metrics") or [goal.get("metric")]
+        values = goal.get("values") or [goal.get("value")]
+        return {self.tags[m]: float(v) for m, v in zip(names, values) if m in self.tags and objective.is_finite(v)}
+
+
 def epoch_scalars(result: EpochResult) -> dict[str, float]:
     return {tag: float(getattr(result, field)) for field, tag in LOGGER_TAGS.items()}
 
@@ -85,42 +144,47 @@ def end_scalars(summary: dict[str, Any]) -> dict[str, float]:
 class CSVLogger:
     """One CSV file of the run: a row per epoch (the scalars, under their tags, and the
     hyperparameters), then a last row with ``epoch=end``, the status and the test metrics.
-    Rows of many runs concatenate into one long table (``run`` is the folder's name)."""
+    Rows of many runs concatenate into one long table (``run`` is the folder's name).
 
-    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, filename: str = "log.csv"):
-        self.path = Path(log_dir) / filename
+    The file is the run folder's (``folder``: the runner's RunFolder names, reads and writes
+    it; each write replaces the whole file atomically, so a kill mid-write leaves the
+    previous version)."""
+
+    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep=None, folder=None, objectives=None):
+        if folder is None:
+            raise ValueError("the CSV logger writes through the run folder: give it folder=RunFolder(log_dir)")
+        self.folder = folder
         self.hparams = dict(hparams)
         self.run = Path(log_dir).name
-        self.best = BestSoFar(metric, direction)
-        self.columns = ["run", "epoch", *LOGGER_TAGS.values(), "objective", "status", *TEST_TAGS.values(),
-                        *self.hparams]  # fmt: skip
-        if start_epoch and self.path.exists():  # resumed: keep the rows up to the checkpoint
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r["epoch"] != "end" and int(r["epoch"]) <= start_epoch]
-        else:
-            rows = []
-        self._write(rows, mode="w")
+        self.objectives = Objectives(metric, direction, objectives)
+        self.columns = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
+                        *TEST_TAGS.values(), *self.hparams]  # fmt: skip
+        old = folder.read_log_table() if start_epoch else []  # resumed: keep the rows up to the checkpoint
+        self.rows = [r for r in old if r.get("epoch", "end") != "end" and int(r["epoch"]) <= start_epoch]
+        self._write()
 
-    def _write(self, rows: list[dict], mode: str = "a") -> None:
-        with open(self.path, mode, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            if mode == "w":
-                writer.writeheader()
-            writer.writerows(rows)
+    def _write(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        self.folder.write_log_table(buf.getvalue())
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
-        best = self.best.update(result)
-        self._write([{"run": self.run, "epoch": result.epoch, **epoch_scalars(result), "objective": best,
-                      "status": "running", **self.hparams}])  # fmt: skip
+        self.rows.append({"run": self.run, "epoch": result.epoch, **epoch_scalars(result),
+                          **self.objectives.epoch(result), "status": "running", **self.hparams})  # fmt: skip
+        self._write()
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        self._write([{"run": self.run, "epoch": "end", "objective": (summary.get("objective") or {}).get("value"),
-                      "status": summary.get("status"), **end_scalars(summary), **self.hparams}])  # fmt: skip
+        self.rows.append({"run": self.run, "epoch": "end", **self.objectives.end(summary),
+                          "status": summary.get("status"), **end_scalars(summary), **self.hparams})  # fmt: skip
+        self._write()
 
 
 # --------------------------------------------------------------------------- MLflow
 
 MLFLOW_STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "preempted": "KILLED", "pruned": "KILLED"}
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
 
 
 class MLflowLogger:
@@ -129,33 +193,84 @@ class MLflowLogger:
     metrics and the objective at the end, and the status (FINISHED, FAILED, KILLED).
 
     ``tracking_uri``: ``sqlite:///mlflow.db`` (the local database ``mlflow ui`` reads), a
-    ``file:`` folder, or a tracking server's ``http://`` address. ``experiment``: runs are
-    grouped by it (a sweep's trials land together when it names the sweep).
+    ``file:`` folder, or a tracking server's ``http://`` address. ``experiment``: where the
+    runs go. A sweep's trials are nested runs (MLflow's ``mlflow.parentRunId`` tag) of one
+    parent run per study, named after the study, which holds the study's best objective so far:
+    the UI shows a sweep as one expandable row, the way MLflow's own tuning examples do.
+
+    A ``file:`` store is MLflow 3's legacy backend, refused unless ``MLFLOW_ALLOW_FILE_STORE``
+    is set: naming one in ``tracking_uri`` sets it for the run.
+
+    ``http_retries`` / ``http_timeout``: how long an ``http://`` server may keep a run waiting
+    (MLflow's own default retries for minutes); ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` in the environment win over them.
     """
 
-    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, tracking_uri: str = "sqlite:///mlflow.db",
-                 experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None):  # fmt: skip
+    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep: Sweep | None = None,
+                 folder=None, objectives=None, tracking_uri: str = "sqlite:///mlflow.db",
+                 experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None,
+                 http_retries: int = 2, http_timeout: float = 10):  # fmt: skip
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(http_retries)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(http_timeout)))
+        if str(tracking_uri).startswith("file:") and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+            # MLflow 3.x refuses its file store unless asked to; a file: URI is asking
+            log.info("logger mlflow: MLflow keeps its file store in maintenance mode (a sqlite:/// store is its "
+                     "recommended local one); set MLFLOW_ALLOW_FILE_STORE=true for mlflow ui on %s too", tracking_uri)
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
         self.client = MlflowClient(tracking_uri=str(tracking_uri))
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
         run_tags = {"optimlab.run_dir": str(log_dir), **{str(k): str(v) for k, v in (tags or {}).items()}}
+        self.sweep, self.parent_id = sweep, None
+        if sweep is not None:
+            self.parent_id = self._study_run(sweep)
+            run_tags.update({PARENT_RUN_ID: self.parent_id, "optimlab.study": sweep.study,
+                             "optimlab.trial": str(sweep.trial)})  # fmt: skip
         self.run_id = self.client.create_run(
-            experiment_id, run_name=run_name or Path(log_dir).name, tags=run_tags
+            self.experiment_id, run_name=run_name or Path(log_dir).name, tags=run_tags
         ).info.run_id
         self.client.log_batch(self.run_id, params=[Param(str(k), str(v)[:6000]) for k, v in hparams.items()])
-        self.best = BestSoFar(metric, direction)
+        self.objectives = Objectives(metric, direction, objectives)
+        self.direction = direction
+
+    def _create_experiment(self, name: str) -> str:
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # noqa: BLE001 - another trial created it in the meantime
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _study_run(self, sweep: Sweep) -> str:
+        """The study's parent run: found by its key, else created. Trials may start at once:
+        each one that finds none creates one, then all agree on the oldest and the others
+        are deleted, so a study has one parent run whatever the race."""
+        query = f"tags.`optimlab.study_key` = '{sweep.key}'"
+        if not self.client.search_runs([self.experiment_id], query, max_results=1):
+            self.client.create_run(self.experiment_id, run_name=sweep.study, tags={
+                "optimlab.study": sweep.study, "optimlab.study_key": sweep.key, "optimlab.role": "study"})  # fmt: skip
+        found = sorted(self.client.search_runs([self.experiment_id], query, max_results=50),
+                       key=lambda r: (r.info.start_time, r.info.run_id))  # fmt: skip
+        for extra in found[1:]:
+            try:
+                self.client.delete_run(extra.info.run_id)
+            except Exception:  # noqa: BLE001 - the other trial deleted it already
+                pass
+        parent = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            self.client.update_run(parent, status="RUNNING")
+        return parent
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
         from mlflow.entities import Metric
 
         now = _millis()
-        values = epoch_scalars(result)
-        best = self.best.update(result)
-        if best is not None:
-            values["objective"] = float(best)
+        values = {**epoch_scalars(result), **self.objectives.epoch(result)}
         metrics = [Metric(k, v, now, result.epoch) for k, v in values.items() if objective.is_finite(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -163,13 +278,72 @@ class MLflowLogger:
         from mlflow.entities import Metric
 
         step = summary.get("epochs_completed") or 0
-        metrics = [Metric(k, v, _millis(), step) for k, v in end_scalars(summary).items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        values = {**end_scalars(summary), **self.objectives.end(summary)}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, _millis(), step) for k, v in values.items()])
         self.client.set_tag(self.run_id, "optimlab.status", str(summary.get("status")))
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(summary.get("status"), "FAILED"))
+        if self.parent_id is not None:
+            self._end_trial(values)
+
+    def _end_trial(self, values: dict[str, float]) -> None:
+        """The parent run after each trial: the study's best objective so far (step = trial
+        number) and FINISHED until the next trial starts."""
+        from mlflow.entities import Metric
+
+        mine = {k: v for k, v in values.items() if k.startswith("objective")}
+        parent = self.client.get_run(self.parent_id).data.metrics
+        best = {}
+        for tag, value in mine.items():
+            old = parent.get(f"best_{tag}")
+            direction = self.direction if tag == "objective" else objective.METRICS.get(tag.split("/", 1)[-1], "minimize")
+            best[f"best_{tag}"] = value if old is None or objective.better(value, old, direction) else old
+        now = _millis()
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, self.sweep.trial) for k, v in best.items()])
+        self.client.set_terminated(self.parent_id, "FINISHED")
 
 
 def _millis() -> int:
-    import time
-
     return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- Weights & Biases
+
+
+class WandbLogger:
+    """One W&B run per training run: ``config`` = the hyperparameters, a step per epoch, and
+    in the run's summary the status, the test metrics and the objective(s); a failed run ends
+    with exit code 1. Runs are named after their folder; a sweep's trials (``trial_NNNN``)
+    share a W&B ``group`` (the study's name) and have ``job_type=trial``.
+
+    ``mode: offline`` (the default) needs no account: the run is written under
+    ``<run folder>/wandb/offline-run-*`` and ``wandb sync <that folder>`` uploads it later.
+    W&B's own environment variables (``WANDB_MODE``, ``WANDB_PROJECT``, ...) work as usual.
+    """
+
+    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep: Sweep | None = None,
+                 folder=None, objectives=None, project: str = "optimlab", entity: str | None = None,
+                 mode: str | None = "offline", group: str | None = None, job_type: str | None = None,
+                 name: str | None = None, tags: list | None = None):  # fmt: skip
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=project, entity=entity, mode=mode, dir=str(log_dir), config=dict(hparams),
+            group=group or (sweep.study if sweep else None), job_type=job_type or ("trial" if sweep else "train"),
+            name=name or Path(log_dir).name, tags=[str(t) for t in tags or []],
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
+                                    save_code=False, init_timeout=30),  # fmt: skip
+        )  # fmt: skip
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
+        self.objectives = Objectives(metric, direction, objectives)
+
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        self.run.log({"epoch": result.epoch, **epoch_scalars(result), **self.objectives.epoch(result)})
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        status = summary.get("status")
+        self.run.summary.update({"status": status, "epochs_completed": summary.get("epochs_completed"),
+                                 **end_scalars(summary), **self.objectives.end(summary)})  # fmt: skip
+        self.run.finish(exit_code=0 if status == "completed" else 1)

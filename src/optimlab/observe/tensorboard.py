@@ -10,45 +10,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from optimlab import objective
 from optimlab.engine.training import LOGGER_TAGS, EpochResult, TrainState
+from optimlab.observe.loggers import TEST_TAGS, Objectives, end_scalars
 
-# what the HPARAMS tab lists as metrics (each one a scalar tag of the run)
-HPARAM_METRICS = ["objective", "val/acc", "val/loss", "train/loss", "test/acc", "test/loss"]
+# what the HPARAMS tab lists as metrics besides the objective(s) (each one a scalar tag of the run)
+HPARAM_METRICS = ["val/acc", "val/loss", "train/loss", *TEST_TAGS.values()]
 
 
 class TensorBoardLogger:
     """Training callback: one SummaryWriter on the run folder, closed at the end of the run."""
 
-    def __init__(self, log_dir: str | Path, hparams: dict[str, Any], metric: str, direction: str, start_epoch: int = 0):
+    def __init__(self, log_dir: str | Path, hparams: dict[str, Any], metric: str, direction: str, start_epoch: int = 0,
+                 sweep=None, folder=None, objectives=None):  # fmt: skip
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         # purge_step: a resumed run drops events logged after its checkpoint
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_epoch + 1 if start_epoch else None)
-        self.metric, self.direction = metric, direction
-        self.best: float | None = None
+        self.objectives = Objectives(metric, direction, objectives)
         self.hparams = hparams
-        experiment, session_start, _ = hparams_summary(self.hparams, {m: 0.0 for m in HPARAM_METRICS})
+        metrics = [*dict.fromkeys(self.objectives.tags.values()), *HPARAM_METRICS]
+        experiment, session_start, _ = hparams_summary(self.hparams, {m: 0.0 for m in metrics})
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(session_start)
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
         for field, tag in LOGGER_TAGS.items():
             self.writer.add_scalar(tag, getattr(result, field), result.epoch)
-        value = getattr(result, self.metric)
-        if objective.is_finite(value) and objective.better(value, self.best, self.direction):
-            self.best = value
-        if self.best is not None:
-            self.writer.add_scalar("objective", self.best, result.epoch)  # best so far
+        for tag, value in self.objectives.epoch(result).items():
+            self.writer.add_scalar(tag, value, result.epoch)  # best so far
         self.writer.flush()
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         step = summary.get("epochs_completed") or 0
-        test = summary.get("test")
-        if test:
-            self.writer.add_scalar("test/acc", test["acc"], step)
-            self.writer.add_scalar("test/loss", test["loss"], step)
+        final = end_scalars(summary)
+        # run metrics (train_seconds, images_per_s, n_parameters) exist only now; epoch metrics have their curve
+        final.update({k: v for k, v in self.objectives.end(summary).items() if k not in self.objectives.epoch_tags})
+        for tag, value in final.items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.file_writer.add_summary(session_end(summary.get("status")))
         self.writer.close()
 

@@ -30,6 +30,8 @@ from optimlab.run.lock import LOCK_FILE, FolderLock  # noqa: F401 - LOCK_FILE: t
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOG_TABLE_FILE = "log.csv"  # logger=csv
+PROFILE_TRACE_FILE = "profile_trace.json"  # debug=profile: torch.profiler's Chrome trace
 HYDRA_DIR = ".hydra"
 SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", "optuna.db", "optuna.journal")
 # any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
@@ -125,6 +127,26 @@ class RunFolder:
             except ValueError:
                 continue
         return [r for r in rows if "epoch" in r]
+
+    # ------------------------------------------------------------------ log.csv, the profiler trace
+
+    def read_log_table(self) -> list[dict[str, str]]:
+        """logger=csv's rows as written ([] for a missing or unreadable file)."""
+        try:
+            with open(self.path / LOG_TABLE_FILE, newline="") as f:
+                return list(csv.DictReader(f))
+        except (OSError, csv.Error):
+            return []
+
+    def write_log_table(self, text: str) -> Path:
+        """logger=csv's file := ``text`` (the whole table), atomically."""
+        return self._write(LOG_TABLE_FILE, text.encode())
+
+    @property
+    def profile_trace_path(self) -> Path:
+        """Where debug=profile's Chrome trace goes (torch.profiler writes it; open it in
+        chrome://tracing or https://ui.perfetto.dev)."""
+        return self.path / PROFILE_TRACE_FILE
 
     # ------------------------------------------------------------------ summary.json
 

@@ -32,6 +32,7 @@ from typing import Any
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from optimlab.config import CONFIG_DIR
 from optimlab.config import overrides as ovr
 from optimlab.errors import CheckpointError, ConfigError, FolderTaken
 from optimlab.run.folder import Checkpoint, RunFolder
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Keys that may differ between the saved run and the resumed one: they change how far
 # a run goes or what it prints, never the numbers of the epochs already trained.
-HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "plots", "checkpoint.every")
+HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "logger", "plots", "profile", "checkpoint.every")
 AUTO = "auto"  # resume=auto: continue the run folder's own checkpoint of the same config, else start fresh
 
 
@@ -116,6 +117,29 @@ def effective_config(saved: DictConfig, composed: DictConfig, overrides: list[st
     return cfg
 
 
+def with_data_target(saved: DictConfig, source: Path) -> DictConfig:
+    """A config saved before datasets were built from ``data._target_`` (it names only
+    ``data.name``), with the ``_target_`` of optimlab's entry of that name (``conf/data/``):
+    the same loader those versions dispatched to by name. Other configs come back as they are.
+
+    Raises ConfigError (one line) when the name is not an entry of ``conf/data/``."""
+    data = saved.get("data")
+    if not isinstance(data, DictConfig) or data.get("_target_") is not None:
+        return saved
+    name = data.get("name")
+    entry = Path(CONFIG_DIR) / "data" / f"{name}.yaml"
+    target = OmegaConf.load(entry).get("_target_") if entry.is_file() else None
+    if target is None:
+        raise ConfigError(
+            f"{source}: its saved config has no data._target_ (it predates dataset entries) and data.name={name!r} "
+            f"is not an entry of conf/data/, so this version cannot tell how to load its data; it cannot be resumed"
+        )
+    filled = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    filled.data._target_ = target
+    log.info("resume: %s's saved config predates data._target_: data=%s is loaded by %s", source, name, target)
+    return filled
+
+
 def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     a, b = flatten(saved), flatten(now)
     missing = object()
@@ -163,6 +187,9 @@ def prepare(cfg: DictConfig, overrides: list[str], run_dir: str | Path | None = 
         raise CheckpointError(f"{ckpt.path} is inconsistent: its two copies of the config differ")
     if not in_place:  # in place, Hydra has just written this command's config into .hydra/
         _check_belongs(folder, ckpt)
+    filled = with_data_target(saved, source)
+    if filled is not saved:
+        saved, saved_resolved = filled, {**saved_resolved, "data": {**saved_resolved["data"], "_target_": filled.data._target_}}
 
     effective = effective_config(saved, cfg, overrides)
     try:
@@ -212,12 +239,14 @@ def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -
     where = f"run folder {path}"
     if source is None and cfg.get("resume") == AUTO:
         ckpt = folder.load_checkpoint() if folder.has_checkpoint else None  # a corrupt one: CheckpointError
-        diffs = _differences_with(ckpt.config() if ckpt else _hydra_config(folder), cfg)
+        trained = ckpt.config() if ckpt else _hydra_config(folder)
+        diffs = _differences_with(with_data_target(trained, path) if trained is not None else None, cfg)
         if diffs is not None and not diffs:
             if ckpt is None:
                 log.info("resume: %s has no checkpoint yet: starting this run again there", path)
                 return None
-            changed = {k: v for k, v in config_differences(ckpt.resolved_config, _resolved(cfg)).items() if k != "resume"}
+            changed = {k: v for k, v in config_differences(ckpt.resolved_config, _resolved(cfg)).items()
+                       if k not in ("resume", "data._target_")}  # fmt: skip
             if cfg.epochs < ckpt.epoch:
                 raise FolderTaken(
                     f"epochs={cfg.epochs}: {where} already completed {ckpt.epoch} epochs of this config; nothing is changed there"

@@ -24,7 +24,8 @@ from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evalua
 from optimlab.errors import OptimlabError, StorageError
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.progress import ConsoleProgress
-from optimlab.observe.loggers import Guarded
+from optimlab.observe.loggers import Guarded, Sweep
+from optimlab.observe.profiler import StepProfiler
 from optimlab.run import describe, signals
 from optimlab.run.folder import RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
@@ -99,13 +100,21 @@ class FolderWriter:
         return state.epoch
 
 
-def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int) -> list:
-    """Callbacks that only watch: console progress, curves.png, the ``logger`` group's trackers."""
+def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int,
+              sweep: Sweep | None = None) -> list:  # fmt: skip
+    """Callbacks that only watch: console progress, curves.png, the profiler (debug=profile),
+    the ``logger`` group's trackers."""
     found: list = [ConsoleProgress(cfg.epochs, cfg.batch_size, n_train, quiet=cfg.quiet)]
     if cfg.plots:
         found.append(CurvesPlotter(folder.path, title=describe.title(cfg)))
+    profile = cfg.get("profile") or {}
+    if profile.get("steps"):
+        found.append(StepProfiler(folder.profile_trace_path, steps=profile.steps, warmup=profile.get("warmup", 1),
+                                  memory=profile.get("memory", False), shapes=profile.get("shapes", False)))  # fmt: skip
+    metrics, directions = objective.targets(cfg.objective)
     common = {"log_dir": str(folder.path), "hparams": describe.hparams(cfg, overrides), "metric": cfg.objective.metric,
-              "direction": cfg.objective.direction, "start_epoch": state.epoch}  # fmt: skip
+              "direction": cfg.objective.direction, "start_epoch": state.epoch, "sweep": sweep, "folder": folder,
+              "objectives": list(zip(metrics, directions))}  # fmt: skip
     for name, node in (cfg.get("logger") or {}).items():
         if name == "tensorboard" and not cfg.tensorboard:
             continue
@@ -180,13 +189,15 @@ def final_summary(summary, cfg, state: TrainState, status, durations, error=None
 
 
 def run(
-    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None
+    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None,
+    sweep: Sweep | None = None,
 ) -> float | tuple[float, ...]:
     """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value
     (a tuple of values with several ``objective.metrics``).
 
     ``resume``: a checked plan (:func:`optimlab.run.resume.prepare`) whose checkpoint the
-    run continues from; ``cfg`` is then its effective config.
+    run continues from; ``cfg`` is then its effective config. ``sweep``: the study this run
+    is a trial of (loggers group a sweep's trials by it).
     """
     t_start = time.perf_counter()
     overrides = list(overrides or [])
@@ -251,7 +262,7 @@ def run(
                 done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
                 where = "in place" if resume.in_place else f"from {resume.source}"
                 log.info("resume: %s %s at epoch %d/%d", done, where, state.epoch, cfg.epochs)
-            watchers = observers(cfg, folder, overrides, state, n_train=len(data.train))
+            watchers = observers(cfg, folder, overrides, state, n_train=len(data.train), sweep=sweep)
             fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
             t_trained = time.perf_counter()
             test_loss, test_acc = evaluate(state.model, data, "test", loop)
