@@ -1,0 +1,191 @@
+"""Packed trials (hydra.sweeper.pack): real multiruns of train.py in subprocesses on tiny
+synthetic data, compared trial by trial with the same sweep run unpacked.
+
+Tolerance: a packed trial's fp32 math differs from the same trial alone only in the order
+of reductions (the engine batches the pack's forward and backward passes), which moves
+losses by ~1e-4 relative over a few tiny epochs; values and metrics are compared to that
+(rel=1e-4), and states (COMPLETE/PRUNED/FAIL) must be equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+from conftest import train_cli
+
+from optimlab.config.sweeps import SweepConfigError, check_pack
+from optimlab.sweeping.packing import groups, is_packable, pack_size, shape_key
+
+TINY = [
+    "model=lenet", "data=synthetic", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+    "data.image_size=16", "data.channels=1", "data.noise=0.2", "tensorboard=false", "quiet=true", "plots=false",
+    "epochs=2", "optimizer=momentum", "momentum=0.9",
+]  # fmt: skip
+# 8 trials: lr=1e4 diverges at batch 16 (FAIL) and is pruned at 32 (val_acc below 0.1 after
+# epoch 1); the threshold pruner decides from the trial's own value alone, so a packed and
+# an unpacked sweep prune the same trials whatever the order they finish in
+SPACE = [
+    "lr=choice(0.001,0.03,0.1,10000.0)", "batch_size=choice(16,32)", "hydra/sweeper/sampler=grid",
+    "hydra.sweeper.n_trials=8", "hydra.sweeper.plots=false", "hydra/sweeper/pruner=threshold",
+    "hydra.sweeper.pruner.lower=0.1", "hydra.sweeper.pruner.n_warmup_steps=1",
+]  # fmt: skip
+REL = 1e-4
+
+
+def sweep(cwd, name, *args, timeout=300):
+    return train_cli("-m", "hydra/sweeper=optimlab", f"hydra.sweep.dir=multirun/{name}", *TINY, *SPACE, *args,
+                     cwd=cwd, timeout=timeout)  # fmt: skip
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def load(cwd, name):
+    return optuna.load_study(study_name="optimlab", storage=f"sqlite:///{cwd}/multirun/{name}/optuna.db")
+
+
+def by_params(study):
+    return {(t.params["lr"], t.params["batch_size"]): t for t in study.trials}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The same 8 trials packed (pack=4) and unpacked (pack=auto, which on a CPU does not pack)."""
+    cwd = tmp_path_factory.mktemp("packed")
+    packed, auto = sweep(cwd, "packed", "hydra.sweeper.pack=4"), sweep(cwd, "auto", "hydra.sweeper.pack=auto")
+    ok(packed)
+    ok(auto)
+    return cwd, packed, auto
+
+
+@pytest.mark.slow
+def test_packed_trials_equal_unpacked_ones(sweeps):
+    cwd, _, _ = sweeps
+    packed, alone = by_params(load(cwd, "packed")), by_params(load(cwd, "auto"))
+    assert len(packed) == len(alone) == 8
+    for params, t in packed.items():
+        u = alone[params]
+        assert t.state == u.state, params
+        if t.value is not None or u.value is not None:
+            assert t.value == pytest.approx(u.value, rel=REL), params
+        assert t.intermediate_values.keys() == u.intermediate_values.keys(), params
+        for step, v in t.intermediate_values.items():
+            assert v == pytest.approx(u.intermediate_values[step], rel=REL), (params, step)
+        assert t.user_attrs.get("status") == u.user_attrs.get("status"), params
+    states = {t.state.name for t in packed.values()}
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= states
+    (diverged,) = [t for t in packed.values() if t.state.name == "FAIL"]
+    assert diverged.params == {"lr": 10000.0, "batch_size": 16}
+    assert diverged.user_attrs["fail_reason"].startswith("Diverged: ")
+
+
+@pytest.mark.slow
+def test_packs_never_mix_shape_changing_keys_and_auto_does_not_pack_on_cpu(sweeps):
+    cwd, packed_proc, auto_proc = sweeps
+    study = load(cwd, "packed")
+    by_number = {t.number: t for t in study.trials}
+    packs = [t.user_attrs["pack"] for t in study.trials if "pack" in t.user_attrs]
+    assert packs, "no trial was packed"
+    for pack in packs:
+        assert len(pack) > 1
+        assert len({by_number[n].params["batch_size"] for n in pack}) == 1, pack
+    log = packed_proc.stdout + packed_proc.stderr
+    assert "slower than one after another on a CPU" in log
+    # pack=auto on a CPU: one line says so, no trial is packed
+    assert "hydra.sweeper.pack=auto on cpu: 1 trial(s) at a time" in auto_proc.stdout + auto_proc.stderr
+    assert not any("pack" in t.user_attrs for t in load(cwd, "auto").trials)
+
+
+@pytest.mark.slow
+def test_each_packed_trial_folder_is_a_complete_run_folder(sweeps):
+    cwd, _, _ = sweeps
+    root = cwd / "multirun" / "packed"
+    with open(root / "trials.csv") as f:
+        rows = {int(r["number"]): r for r in csv.DictReader(f)}
+    expected_status = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "diverged"}
+    for t in load(cwd, "packed").trials:
+        folder = root / f"trial_{t.number:04d}"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == expected_status[t.state.name], t.number
+        assert summary["overrides"][:2] == [f"lr={t.params['lr']}", f"batch_size={t.params['batch_size']}"]
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            assert (folder / ".hydra" / name).is_file(), (t.number, name)
+        assert (folder / "train.log").is_file()
+        assert rows[t.number]["state"] == t.state.name
+        if t.state.name == "FAIL":
+            continue  # diverged in its first epoch: nothing finished to keep
+        with open(folder / "metrics.csv") as f:
+            assert len(list(csv.DictReader(f))) == summary["epochs_completed"] == len(t.intermediate_values)
+        assert (folder / "checkpoint.pt").is_file()
+        if t.state.name == "COMPLETE":
+            assert summary["objective"]["value"] == pytest.approx(t.value)
+            assert "test" in summary
+
+
+@pytest.mark.slow
+def test_a_packed_trial_folder_resumes_as_a_solo_run(sweeps):
+    cwd, _, _ = sweeps
+    (best,) = [t for t in load(cwd, "packed").trials if t.state.name == "COMPLETE"][:1]
+    source = cwd / "multirun" / "packed" / f"trial_{best.number:04d}"
+    proc = train_cli(f"resume={source}", "epochs=3", "hydra.run.dir=outputs/resumed", cwd=cwd, timeout=120)
+    ok(proc)
+    summary = json.loads((cwd / "outputs" / "resumed" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["epochs_completed"] == 3
+    assert summary["resumed_from"]["epoch"] == 2
+
+
+def test_bad_pack_value_is_one_line_before_anything_is_written(tmp_path):
+    proc = train_cli("-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/bad", *TINY, "lr=0.01,0.1",
+                     "hydra.sweeper.pack=0", cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["Error: hydra.sweeper.pack=0: must be an integer >= 1 (trials trained at once) or auto"], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "four", True, None])
+def test_check_pack_refuses(value):
+    with pytest.raises(SweepConfigError, match=r"^hydra\.sweeper\.pack=.*: must be an integer >= 1"):
+        check_pack(value)
+
+
+@pytest.mark.parametrize("value", [1, 4, 64, "auto"])
+def test_check_pack_accepts(value):
+    check_pack(value)
+
+
+def test_grouping_keeps_shape_changing_keys_apart():
+    trials = [
+        ["lr=0.1", "batch_size=16"], ["lr=0.2", "batch_size=32"], ["lr=0.3", "batch_size=16"],
+        ["lr=0.4", "batch_size=16", "momentum=0.5"], ["lr=0.5", "batch_size=32", "seed=3"],
+        ["lr=0.6", "batch_size=16", "model=fastnet"], ["lr=0.7", "batch_size=16", "optimizer.betas=[0.9,0.99]"],
+    ]  # fmt: skip
+    assert groups(trials, 4) == [[0, 2, 3, 6], [1, 4], [5]]
+    assert groups(trials, 2) == [[0, 2], [1, 4], [3, 6], [5]]
+    assert groups(trials, 1) == [[i] for i in range(len(trials))]
+    # hydra's own keys never split a pack
+    assert shape_key(["lr=0.1", "hydra.sweep.subdir=trial_0001"]) == shape_key(["lr=0.2", "hydra.sweep.subdir=x"])
+    for key in ("lr", "momentum", "weight_decay", "seed", "optimizer.betas", "scheduler.gamma", "+scheduler.factor"):
+        assert is_packable(key), key
+    for key in ("model", "batch_size", "epochs", "data", "data.image_size", "precision", "optimizer", "scheduler",
+                "model.width", "channels_last", "resume"):
+        assert not is_packable(key), key
+
+
+def test_pack_size_per_device():
+    assert pack_size("auto", "cpu") == 1
+    assert pack_size("auto", "mps") == 1
+    assert pack_size("auto", "cuda") == 1  # off until a GPU measurement shows the win
+    assert pack_size(8, "cpu") == 8
+    assert pack_size(1, "cuda") == 1
+
+    def foreign_task(cfg):  # another app's task: its trials are not optimlab runs
+        return 0.0
+
+    assert pack_size(8, "cuda", foreign_task) == 1
