@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -52,6 +56,11 @@ def by_params(study):
     return {(t.params["lr"], t.params["batch_size"]): t for t in study.trials}
 
 
+def final(trial) -> dict:
+    """The last epoch's metrics in the trial's summary.json (empty for a trial with none)."""
+    return json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text()).get("final") or {}
+
+
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
     """The same 8 trials packed (pack=4) and unpacked (pack=auto, which on a CPU does not pack)."""
@@ -76,6 +85,11 @@ def test_packed_trials_equal_unpacked_ones(sweeps):
         for step, v in t.intermediate_values.items():
             assert v == pytest.approx(u.intermediate_values[step], rel=REL), (params, step)
         assert t.user_attrs.get("status") == u.user_attrs.get("status"), params
+        mine, theirs = final(t), final(u)
+        assert mine.keys() == theirs.keys(), params
+        for key in ("train_loss", "val_loss", "val_acc"):
+            if key in mine and math.isfinite(theirs[key]):
+                assert mine[key] == pytest.approx(theirs[key], rel=REL), (params, key)
     states = {t.state.name for t in packed.values()}
     assert {"COMPLETE", "PRUNED", "FAIL"} <= states
     (diverged,) = [t for t in packed.values() if t.state.name == "FAIL"]
@@ -127,7 +141,7 @@ def test_each_packed_trial_folder_is_a_complete_run_folder(sweeps):
 
 
 @pytest.mark.slow
-def test_a_packed_trial_folder_resumes_as_a_solo_run(sweeps):
+def test_a_packed_trial_folder_resumes_and_reruns_as_a_solo_run(sweeps):
     cwd, _, _ = sweeps
     (best,) = [t for t in load(cwd, "packed").trials if t.state.name == "COMPLETE"][:1]
     source = cwd / "multirun" / "packed" / f"trial_{best.number:04d}"
@@ -137,6 +151,15 @@ def test_a_packed_trial_folder_resumes_as_a_solo_run(sweeps):
     assert summary["status"] == "completed"
     assert summary["epochs_completed"] == 3
     assert summary["resumed_from"]["epoch"] == 2
+    # re-run from its folder alone, from scratch: the numbers the trial had in its pack
+    proc = subprocess.run([sys.executable, "-m", "optimlab.rerun", str(source), "hydra.run.dir=outputs/rerun"],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)  # fmt: skip
+    ok(proc)
+    rerun = json.loads((cwd / "outputs" / "rerun" / "summary.json").read_text())
+    assert rerun["status"] == "completed"
+    assert rerun["objective"]["value"] == pytest.approx(best.value, rel=REL)
+    for key in ("train_loss", "val_loss"):
+        assert rerun["final"][key] == pytest.approx(final(best)[key], rel=REL)
 
 
 def test_bad_pack_value_is_one_line_before_anything_is_written(tmp_path):

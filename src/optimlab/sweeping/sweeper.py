@@ -329,8 +329,8 @@ class OptimlabSweeperImpl(Sweeper):
                 attempts.mark_dead(study, self.storage_obj, trial, attempts.died_reason(owner), attempts.DIED)
 
     def _claim(self, study) -> list:
-        """Up to ``n_jobs`` trials (``pack`` when packing), as many as the study still has room for: first the
-        continuations of dead or stopped attempts (same params), then new ones.
+        """Up to ``n_jobs`` trials (``pack`` when packing), as many as the study still has room
+        for: first the continuations of dead or stopped attempts (same params), then new ones.
 
         Counting and asking happen under the study's lock, so of two workers racing for
         the last slot exactly one creates a trial, and the loser leaves nothing behind.
@@ -338,7 +338,8 @@ class OptimlabSweeperImpl(Sweeper):
         """
         with study_lock(self.storage_url, self.study_name):
             trials = study.get_trials(deepcopy=False)
-            room = min(max(self.n_jobs, self.pack_size), self.n_trials - sum(t.state in (*DONE, TrialState.RUNNING) for t in trials))
+            busy = sum(t.state in (*DONE, TrialState.RUNNING) for t in trials)
+            room = min(max(self.n_jobs, self.pack_size), self.n_trials - busy)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             # a continuation's params come from a WAITING trial, which ask() takes first
             for dead in attempts.pending(trials, self.max_retry)[: max(0, room - waiting)]:
