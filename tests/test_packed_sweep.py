@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -160,6 +161,29 @@ def test_a_packed_trial_folder_resumes_and_reruns_as_a_solo_run(sweeps):
     assert rerun["objective"]["value"] == pytest.approx(best.value, rel=REL)
     for key in ("train_loss", "val_loss"):
         assert rerun["final"][key] == pytest.approx(final(best)[key], rel=REL)
+
+
+@pytest.mark.slow
+def test_run_packed_matches_runs_alone_and_trains_unpackable_runs_one_after_another(tmp_path, caplog):
+    """In-process: two LeNets with different lr share a pack; a third model cannot join it."""
+    from conftest import compose_config
+
+    from optimlab.run.packed import run_packed
+    from optimlab.run.runner import run
+
+    micro = [*(o for o in TINY[1:] if not o.startswith("epochs=")), "epochs=1", "batch_size=16", "checkpoint.every=0"]
+    cfgs = [compose_config(["model=lenet", *micro, f"lr={lr}"]) for lr in (0.03, 0.1)]
+    alone = [run(cfg, str(tmp_path / f"alone{i}")) for i, cfg in enumerate(cfgs)]
+    dirs = [str(tmp_path / f"packed{i}") for i in range(2)]
+    assert run_packed(cfgs, dirs, [[], []], [[], []]) == pytest.approx(alone, rel=REL)
+    mixed = [*cfgs, compose_config(["model=tudui", *micro])]
+    dirs = [str(tmp_path / f"mixed{i}") for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="optimlab.run.packed"):
+        values = run_packed(mixed, dirs, [[], [], []], [[], [], []])
+    assert "cannot train as one pack" in caplog.text
+    assert values[:2] == pytest.approx(alone, rel=REL)
+    for d in dirs:
+        assert json.loads((Path(d) / "summary.json").read_text())["status"] == "completed"
 
 
 def test_bad_pack_value_is_one_line_before_anything_is_written(tmp_path):

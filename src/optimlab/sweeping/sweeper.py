@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from optimlab import objective as objectives
 from optimlab.config import overrides as ovr
-from optimlab.config.sweeps import SweepConfigError, check_objectives, refuse
+from optimlab.config.sweeps import SweepConfigError, check_objectives, check_pack, refuse
 from optimlab.errors import ConfigError, OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
@@ -212,6 +212,7 @@ class OptimlabSweeperImpl(Sweeper):
         try:
             choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
             check_objectives(self._directions(), self.pruner_cfg, choice)
+            check_pack(self.pack)  # also where the sweep checks (a Hydra callback) are not registered
         except ConfigError as e:
             refuse(e)  # before the first trial, and before anything is written
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
