@@ -236,3 +236,47 @@ def test_pack_size_per_device():
         return 0.0
 
     assert pack_size(8, "cuda", foreign_task) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_pack_resumably_and_the_rerun_continues_its_trials(tmp_path):
+    """Every trial of the pack keeps its last finished epoch (status preempted), the worker
+    exits 143, and the same command again continues each trial from that epoch."""
+    import os
+    import signal
+    import time
+
+    from conftest import ROOT, TRAIN_PY
+
+    tiny = [o for o in TINY if not o.startswith("epochs=")]
+    args = ["-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/t", *tiny, "epochs=3", "batch_size=16",
+            "lr=interval(0.01,0.1)", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.plots=false", "hydra.sweeper.pack=2"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "tests" / "faults"), "OPTIMLAB_HANG_AT": "2"}
+    with open(tmp_path / "t.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, str(TRAIN_PY), *args], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        root = tmp_path / "multirun" / "t"
+        deadline = time.time() + 240
+        while sum((d / "metrics.csv").exists() for d in root.glob("trial_*")) < 2:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "t.log").read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    log = (tmp_path / "t.log").read_text()
+    assert proc.returncode == 143, log[-3000:]
+    assert "Traceback" not in log
+    assert "training 2 runs as one pack" in log
+    for folder in sorted(root.glob("trial_*")):
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "preempted" and summary["epochs_completed"] == 1, folder
+
+    ok(train_cli(*args, cwd=tmp_path, timeout=300))
+    study = optuna.load_study(study_name="optimlab", storage=f"sqlite:///{root / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    resumed = {t.user_attrs["resume_of"]: t for t in study.trials if "resume_of" in t.user_attrs}
+    assert sorted(resumed) == [0, 1]
+    for number, t in resumed.items():
+        assert t.params == study.trials[number].params
+        summary = json.loads((root / f"trial_{t.number:04d}" / "summary.json").read_text())
+        assert summary["resumed_from"]["epoch"] == 1 and summary["epochs_completed"] == 3
