@@ -80,8 +80,6 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
                 u = theirs[name]
                 if (t.shape, t.dtype, t.device) != (u.shape, u.dtype, u.device):
                     raise ValueError(f"{what}: {kind} {name} {_describe_tensor(t)} vs {_describe_tensor(u)}")
-        if state.model.training != ref.model.training:
-            pass  # fit sets the mode itself
         for key in SHARED_LOOP_KEYS:
             a, b = getattr(ref_cfg, key), getattr(cfg, key)
             if a != b:
@@ -93,7 +91,7 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
 # --------------------------------------------------------------------------- the stacked model
 
 
-class _Pack:
+class Pack:
     """The active trials' models seen as one stacked model: a template module to run
     ``functional_call`` on, and the trials' buffers stacked along a new leading dim."""
 
@@ -153,7 +151,7 @@ def _stack_batches(iterators: list, groups: list[int]):
 # --------------------------------------------------------------------------- training
 
 
-def _losses_fn(template: nn.Module):
+def losses_fn(template: nn.Module):
     def loss_one(params, buffers, x, y):
         logits = functional_call(template, (params, buffers), (x,))
         return nn.functional.cross_entropy(logits, y)
@@ -161,7 +159,32 @@ def _losses_fn(template: nn.Module):
     return loss_one
 
 
-def _trial_seeds(pack: _Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
+def forward_backward(pack: Pack, loss_one, x: torch.Tensor, y: torch.Tensor, in_dim: int | None, precision: str) -> torch.Tensor:
+    """zero_grad, forward, loss and backward for every trial of the pack at once; each trial's
+    gradients land in its own parameters' ``.grad``. Returns the K detached losses."""
+    for state in pack.states:
+        state.optimizer.zero_grad(set_to_none=True)
+    params = pack.stacked_params()
+    with autocast(x.device, precision):
+        losses = vmap(loss_one, in_dims=(0, 0, in_dim, in_dim))(params, pack.buffers, x, y)
+    # the trials share no parameter, so the sum's gradient w.r.t. trial k's parameters is
+    # d(loss_k)/d(params_k): each term's own (scaled, as solo) gradient, unmixed
+    scaled = [state.scaler.scale(losses[k]) for k, state in enumerate(pack.states)]
+    torch.stack(scaled).sum().backward()
+    return losses.detach()
+
+
+def step_trials(states: Sequence[TrainState], intervals: Sequence[str]) -> None:
+    """Each trial's own optimizer step (through its scaler) and per-batch scheduler step, as
+    ``train_one_epoch`` takes them."""
+    for state, interval in zip(states, intervals):
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if interval == "batch":
+            state.scheduler.step()
+
+
+def _trial_seeds(pack: Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
     """(the distinct seeds, for each active trial the index of its seed among them)."""
     seeds: list[int] = []
     groups = []
@@ -174,7 +197,7 @@ def _trial_seeds(pack: _Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int]
 
 
 def _train_packed_epoch(
-    pack: _Pack,
+    pack: Pack,
     data: DeviceData,
     cfgs_of: dict[int, LoopConfig],
     hooks_of: dict[int, list],
@@ -186,7 +209,7 @@ def _train_packed_epoch(
     device, precision = data.device, cfg0.precision
     epoch = pack.states[0].epoch
     n_steps = data.steps_per_epoch(cfg0.batch_size)
-    loss_one = _losses_fn(pack.template)
+    loss_one = losses_fn(pack.template)
     pack.template.train()
     for state in pack.states:
         state.model.train()
@@ -212,19 +235,9 @@ def _train_packed_epoch(
             break
         x, y, in_dim = _stack_batches(iterators, groups)
         states = pack.states
-        for state in states:
-            state.optimizer.zero_grad(set_to_none=True)
-        params = pack.stacked_params()
-        with autocast(device, precision):
-            losses = vmap(loss_one, in_dims=(0, 0, in_dim, in_dim))(params, pack.buffers, x, y)
-        scaled = [state.scaler.scale(losses[k]) for k, state in enumerate(states)]
-        torch.stack(scaled).sum().backward()
-        detached = losses.detach()
+        detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
+        step_trials(states, [cfgs_of[id(s)].interval for s in states])
         for k, state in enumerate(states):
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-            if cfgs_of[id(state)].interval == "batch":
-                state.scheduler.step()
             step_losses[id(state)][step] = detached[k]
         step_sizes[step] = y.shape[-1]
         leaving: dict[int, BaseException] = {}
@@ -288,7 +301,7 @@ def fit_packed(
     hooks_of = {id(s): [cb.on_batch_end for cb in cb_list if hasattr(cb, "on_batch_end")] for s, cb_list in zip(states, callbacks)}
     n_train = len(data.train)
     epochs = cfgs[0].epochs
-    pack = _Pack([s for s in states])
+    pack = Pack([s for s in states])
     while pack.states and pack.states[0].epoch < epochs:
         lrs = {id(s): s.optimizer.param_groups[0]["lr"] for s in pack.states}  # the lr each epoch starts with
         t0 = time.perf_counter()
