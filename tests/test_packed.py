@@ -106,6 +106,16 @@ def rel(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> 
     return float((a - b).norm() / s) if s > 0 else float((a - b).norm())
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These steps are tiny: with one thread they cost no OpenMP barrier, which on a busy
+    2-core machine is most of their time (a 20x difference here). Results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- data, trials
 
 
