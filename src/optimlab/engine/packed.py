@@ -109,6 +109,9 @@ class Pack:
         self.stack_buffers()
 
     def stack_buffers(self) -> None:
+        """Stack the trials' buffers afresh (their models hold the truth between epochs); also
+        note, per parameter name, the trials' parameters in pack order."""
+        self.columns = list(zip(*([p for _, p in s.model.named_parameters()] for s in self.states)))
         self.buffers = {}
         models = [s.model for s in self.states]
         per_model = [dict(m.named_buffers()) for m in models]
@@ -126,8 +129,8 @@ class Pack:
                     own[name].copy_(self.buffers[name][k])
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
-        per_model = [dict(s.model.named_parameters()) for s in self.states]
-        return {name: torch.stack([p[name] for p in per_model]) for name in self.param_names}
+        """Each parameter of all trials stacked: differentiable, gradients flow to each trial's leaf."""
+        return {name: torch.stack(column) for name, column in zip(self.param_names, self.columns)}
 
     def remove(self, keep: Sequence[int]) -> None:
         """Keep only the trials at ``keep`` (indices into the current pack); buffers written back first."""
