@@ -44,7 +44,7 @@ MODELS = {"tudui": TuduiCNN, "fastnet": FastNet}
 SHAPES = {"digits": (1, 32), "cifar": (3, 32)}  # (channels, image size)
 DEFAULTS = {
     "device": "auto",
-    "quick": "false",  # true: ks=1,4,16, train_size=256 (a CPU run of about 1-2 minutes)
+    "quick": "false",  # true: ks=1,4,16, train_size=128 (a CPU run of about 1-2 minutes)
     "models": "tudui,fastnet",
     "shapes": "digits,cifar",
     "ks": "1,4,16,64",
@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> dict:
         if "ks" not in given:
             args["ks"] = "1,4,16"
         if "train_size" not in given:
-            args["train_size"] = 256
+            args["train_size"] = 128
     if args["device"] == "auto":
         args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -169,14 +169,21 @@ def run_c(model, data, n, args) -> float:
 
 
 def run_b(model, shape, n, args) -> float:
-    """N worker processes, each training its share of the K trials one after another."""
+    """N worker processes, each training its share of the K trials one after another. Each
+    worker loads its data and warms up, says "ready", and starts when all are ready."""
     workers = min(args["workers"], n)
     threads = max(1, (os.cpu_count() or 1) // workers) if args["device"] == "cpu" else 0
     procs = []
     for w in range(workers):
         spec = json.dumps({"model": model, "shape": shape, "n": n, "ks": list(range(w, n, workers)), "threads": threads})
         cmd = [sys.executable, __file__, *(f"{k}={v}" for k, v in args.items() if k not in ("worker", "quick")), f"worker={spec}"]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"worker exited with {p.wait()}")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     spans = []
     for p in procs:
         out, _ = p.communicate()
@@ -194,10 +201,12 @@ def worker(args: dict) -> None:
     data = make_data(spec["shape"], args["train_size"], device)
     train_sequential(spec["model"], warm_data(data, args["batch_size"]), spec["ks"][:1], spec["n"], args)
     sync(device)
+    print("ready", flush=True)
+    sys.stdin.readline()  # all workers start together
     start = time.time()  # wall clock: comparable across processes
     train_sequential(spec["model"], data, spec["ks"], spec["n"], args)
     sync(device)
-    print(json.dumps({"start": start, "end": time.time()}))
+    print(json.dumps({"start": start, "end": time.time()}), flush=True)
 
 
 # --------------------------------------------------------------------------- main

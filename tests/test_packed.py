@@ -273,7 +273,9 @@ def test_packed_runs_match_solo_fit(pack_name, dtype):
         compare_runs(state, ref, init, tol, f"{model_cls.__name__} {o}+{s}")
 
 
-def test_packed_evaluate_matches_evaluate():
+@pytest.mark.parametrize("images_per_call", [16384, 32], ids=["one_call", "chunked"])
+def test_packed_evaluate_matches_evaluate(images_per_call, monkeypatch):
+    monkeypatch.setattr(packed, "EVAL_IMAGES_PER_CALL", images_per_call)  # 32: trials in chunks of 2
     data = make_data()
     states = [make_trial(FastNet, "sgd", "constant", 0, data, init_seed=k)[0] for k in range(3)]
     cfg = LoopConfig(epochs=1, batch_size=BATCH, seed=0, eval_batch_size=16)
@@ -384,3 +386,32 @@ def test_check_packable_names_the_difference():
     with pytest.raises(ValueError, match="one callback list per trial"):
         fit_packed([tudui], data, [cfg], [])
     check_packable([tudui, copy.deepcopy(tudui)], [cfg, LoopConfig(epochs=EPOCHS, batch_size=BATCH, seed=5, interval="batch")])
+
+
+class RecordStatistics:
+    """A batch hook that reads the model (as a checkpointing hook would): its BatchNorm statistics."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, state, step, n_steps, losses):
+        self.seen.append([b.clone() for b in state.model.buffers()])
+
+    def on_epoch_end(self, result, state):
+        pass
+
+
+def test_batch_hooks_see_each_trials_own_statistics():
+    data = make_data()
+    made = [make_trial(FastNet, "momentum", "constant", 7, data, lr=lr) for lr in (0.01, 0.05)]
+    solo = [(copy.deepcopy(s), c) for s, c in made]
+    hooks = [RecordStatistics(), RecordStatistics()]
+    fit_packed([s for s, _ in made], data, [c for _, c in made], [[h] for h in hooks])
+    tol = run_tolerance(torch.float32)
+    for (ref, cfg), hook in zip(solo, hooks):
+        ref_hook = RecordStatistics()
+        fit(ref, data, cfg, [ref_hook])
+        assert len(hook.seen) == len(ref_hook.seen) == STEPS
+        for step, (got, want) in enumerate(zip(hook.seen, ref_hook.seen)):
+            for a, b in zip(got, want):
+                assert torch.equal(a, b) if not a.dtype.is_floating_point else rel(a, b) <= tol, f"step {step + 1}"

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # LoopConfig fields every trial of a pack must share: they fix the step's shapes and kernels.
 SHARED_LOOP_KEYS = ("epochs", "batch_size", "precision", "eval_batch_size", "compile")
+# packed_evaluate runs at most this many images (trials x eval batch) through one vmapped forward
+EVAL_IMAGES_PER_CALL = 16384
 
 
 # --------------------------------------------------------------------------- packability
@@ -120,13 +122,15 @@ class Pack:
 
     def write_back_buffers(self) -> None:
         """Each trial's model gets its own row of the stacked buffers."""
-        if not self.buffer_names:
+        if not self.buffer_names or not self.states:
             return
+        own, rows = [], []
+        for k, state in enumerate(self.states):
+            for name, buffer in state.model.named_buffers():
+                own.append(buffer)
+                rows.append(self.buffers[name][k])
         with torch.no_grad():
-            for k, state in enumerate(self.states):
-                own = dict(state.model.named_buffers())
-                for name in self.buffer_names:
-                    own[name].copy_(self.buffers[name][k])
+            torch._foreach_copy_(own, rows)  # one call for all: cheap enough to run every step
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
         """Each parameter of all trials stacked: differentiable, gradients flow to each trial's leaf."""
@@ -218,7 +222,6 @@ def _train_packed_epoch(
         state.model.train()
     step_losses = {id(s): torch.zeros(n_steps, device=device) for s in pack.states}
     step_sizes = torch.zeros(n_steps, device=device)
-    checked = {id(s): 0 for s in pack.states}
     seeds, groups = _trial_seeds(pack, cfgs_of)
     iterators = [iter(data.train_batches(cfg0.batch_size, seed, epoch)) for seed in seeds]
     any_hooks = any(hooks_of[id(s)] for s in pack.states)
@@ -233,39 +236,37 @@ def _train_packed_epoch(
         seeds, groups = _trial_seeds(pack, cfgs_of)
         iterators = [iterators[old_seeds.index(s)] for s in seeds]
 
-    for step in range(n_steps):
-        if not pack.states:
-            break
-        x, y, in_dim = _stack_batches(iterators, groups)
-        states = pack.states
-        detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
-        step_trials(states, [cfgs_of[id(s)].interval for s in states])
-        for k, state in enumerate(states):
-            step_losses[id(state)][step] = detached[k]
-        step_sizes[step] = y.shape[-1]
-        leaving: dict[int, BaseException] = {}
-        if any_hooks:
-            pack.write_back_buffers()
+    try:
+        for step in range(n_steps):
+            if not pack.states:
+                break
+            x, y, in_dim = _stack_batches(iterators, groups)
+            states = pack.states
+            detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
+            step_trials(states, [cfgs_of[id(s)].interval for s in states])
+            for k, state in enumerate(states):
+                step_losses[id(state)][step] = detached[k]
+            step_sizes[step] = y.shape[-1]
+            leaving: dict[int, BaseException] = {}
+            if any_hooks:
+                pack.write_back_buffers()
+                for state in states:
+                    try:
+                        for hook in hooks_of[id(state)]:
+                            hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
+                    except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
+                        leaving[id(state)] = e
             for state in states:
-                try:
-                    for hook in hooks_of[id(state)]:
-                        hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
-                except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
-                    leaving[id(state)] = e
-        for state in states:
-            key = id(state)
-            if key in leaving:
-                continue
-            cfg = cfgs_of[key]
-            if (step + 1) % cfg.check_every == 0 or step + 1 == n_steps:
-                try:
-                    _check_finite(step_losses[key], step + 1, epoch)
-                except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
-                    leaving[key] = e
-                checked[key] = step + 1
-        if leaving:
-            drop(leaving)
-    pack.write_back_buffers()
+                key = id(state)
+                if key not in leaving and ((step + 1) % cfgs_of[key].check_every == 0 or step + 1 == n_steps):
+                    try:
+                        _check_finite(step_losses[key], step + 1, epoch)
+                    except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
+                        leaving[key] = e
+            if leaving:
+                drop(leaving)
+    finally:  # also when a signal unwinds mid-epoch: each model holds its own statistics
+        pack.write_back_buffers()
     return {id(s): float((step_losses[id(s)] * step_sizes).sum() / step_sizes.sum()) for s in pack.states}
 
 
@@ -359,6 +360,9 @@ def packed_evaluate(
     states = list(states)
     if len(states) == 1:
         return [evaluate(states[0].model, data, split, cfg)]
+    chunk = max(1, EVAL_IMAGES_PER_CALL // cfg.eval_batch_size)  # K x batch activations at once
+    if len(states) > chunk:
+        return [m for i in range(0, len(states), chunk) for m in packed_evaluate(states[i : i + chunk], data, split, cfg)]
     template = copy.deepcopy(states[0].model)
     template._compiled_call_impl = None
     template.eval()
