@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # LoopConfig fields every trial of a pack must share: they fix the step's shapes and kernels.
 SHARED_LOOP_KEYS = ("epochs", "batch_size", "precision", "eval_batch_size", "compile")
+# packed_evaluate runs at most this many images (trials x eval batch) through one vmapped forward
+EVAL_IMAGES_PER_CALL = 16384
 
 
 # --------------------------------------------------------------------------- packability
@@ -80,8 +82,6 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
                 u = theirs[name]
                 if (t.shape, t.dtype, t.device) != (u.shape, u.dtype, u.device):
                     raise ValueError(f"{what}: {kind} {name} {_describe_tensor(t)} vs {_describe_tensor(u)}")
-        if state.model.training != ref.model.training:
-            pass  # fit sets the mode itself
         for key in SHARED_LOOP_KEYS:
             a, b = getattr(ref_cfg, key), getattr(cfg, key)
             if a != b:
@@ -93,7 +93,7 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
 # --------------------------------------------------------------------------- the stacked model
 
 
-class _Pack:
+class Pack:
     """The active trials' models seen as one stacked model: a template module to run
     ``functional_call`` on, and the trials' buffers stacked along a new leading dim."""
 
@@ -111,6 +111,9 @@ class _Pack:
         self.stack_buffers()
 
     def stack_buffers(self) -> None:
+        """Stack the trials' buffers afresh (their models hold the truth between epochs); also
+        note, per parameter name, the trials' parameters in pack order."""
+        self.columns = list(zip(*([p for _, p in s.model.named_parameters()] for s in self.states)))
         self.buffers = {}
         models = [s.model for s in self.states]
         per_model = [dict(m.named_buffers()) for m in models]
@@ -119,17 +122,19 @@ class _Pack:
 
     def write_back_buffers(self) -> None:
         """Each trial's model gets its own row of the stacked buffers."""
-        if not self.buffer_names:
+        if not self.buffer_names or not self.states:
             return
+        own, rows = [], []
+        for k, state in enumerate(self.states):
+            for name, buffer in state.model.named_buffers():
+                own.append(buffer)
+                rows.append(self.buffers[name][k])
         with torch.no_grad():
-            for k, state in enumerate(self.states):
-                own = dict(state.model.named_buffers())
-                for name in self.buffer_names:
-                    own[name].copy_(self.buffers[name][k])
+            torch._foreach_copy_(own, rows)  # one call for all: cheap enough to run every step
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
-        per_model = [dict(s.model.named_parameters()) for s in self.states]
-        return {name: torch.stack([p[name] for p in per_model]) for name in self.param_names}
+        """Each parameter of all trials stacked: differentiable, gradients flow to each trial's leaf."""
+        return {name: torch.stack(column) for name, column in zip(self.param_names, self.columns)}
 
     def remove(self, keep: Sequence[int]) -> None:
         """Keep only the trials at ``keep`` (indices into the current pack); buffers written back first."""
@@ -153,7 +158,7 @@ def _stack_batches(iterators: list, groups: list[int]):
 # --------------------------------------------------------------------------- training
 
 
-def _losses_fn(template: nn.Module):
+def losses_fn(template: nn.Module):
     def loss_one(params, buffers, x, y):
         logits = functional_call(template, (params, buffers), (x,))
         return nn.functional.cross_entropy(logits, y)
@@ -161,7 +166,32 @@ def _losses_fn(template: nn.Module):
     return loss_one
 
 
-def _trial_seeds(pack: _Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
+def forward_backward(pack: Pack, loss_one, x: torch.Tensor, y: torch.Tensor, in_dim: int | None, precision: str) -> torch.Tensor:
+    """zero_grad, forward, loss and backward for every trial of the pack at once; each trial's
+    gradients land in its own parameters' ``.grad``. Returns the K detached losses."""
+    for state in pack.states:
+        state.optimizer.zero_grad(set_to_none=True)
+    params = pack.stacked_params()
+    with autocast(x.device, precision):
+        losses = vmap(loss_one, in_dims=(0, 0, in_dim, in_dim))(params, pack.buffers, x, y)
+    # the trials share no parameter, so the sum's gradient w.r.t. trial k's parameters is
+    # d(loss_k)/d(params_k): each term's own (scaled, as solo) gradient, unmixed
+    scaled = [state.scaler.scale(losses[k]) for k, state in enumerate(pack.states)]
+    torch.stack(scaled).sum().backward()
+    return losses.detach()
+
+
+def step_trials(states: Sequence[TrainState], intervals: Sequence[str]) -> None:
+    """Each trial's own optimizer step (through its scaler) and per-batch scheduler step, as
+    ``train_one_epoch`` takes them."""
+    for state, interval in zip(states, intervals):
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if interval == "batch":
+            state.scheduler.step()
+
+
+def _trial_seeds(pack: Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
     """(the distinct seeds, for each active trial the index of its seed among them)."""
     seeds: list[int] = []
     groups = []
@@ -174,7 +204,7 @@ def _trial_seeds(pack: _Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int]
 
 
 def _train_packed_epoch(
-    pack: _Pack,
+    pack: Pack,
     data: DeviceData,
     cfgs_of: dict[int, LoopConfig],
     hooks_of: dict[int, list],
@@ -186,13 +216,12 @@ def _train_packed_epoch(
     device, precision = data.device, cfg0.precision
     epoch = pack.states[0].epoch
     n_steps = data.steps_per_epoch(cfg0.batch_size)
-    loss_one = _losses_fn(pack.template)
+    loss_one = losses_fn(pack.template)
     pack.template.train()
     for state in pack.states:
         state.model.train()
     step_losses = {id(s): torch.zeros(n_steps, device=device) for s in pack.states}
     step_sizes = torch.zeros(n_steps, device=device)
-    checked = {id(s): 0 for s in pack.states}
     seeds, groups = _trial_seeds(pack, cfgs_of)
     iterators = [iter(data.train_batches(cfg0.batch_size, seed, epoch)) for seed in seeds]
     any_hooks = any(hooks_of[id(s)] for s in pack.states)
@@ -207,49 +236,37 @@ def _train_packed_epoch(
         seeds, groups = _trial_seeds(pack, cfgs_of)
         iterators = [iterators[old_seeds.index(s)] for s in seeds]
 
-    for step in range(n_steps):
-        if not pack.states:
-            break
-        x, y, in_dim = _stack_batches(iterators, groups)
-        states = pack.states
-        for state in states:
-            state.optimizer.zero_grad(set_to_none=True)
-        params = pack.stacked_params()
-        with autocast(device, precision):
-            losses = vmap(loss_one, in_dims=(0, 0, in_dim, in_dim))(params, pack.buffers, x, y)
-        scaled = [state.scaler.scale(losses[k]) for k, state in enumerate(states)]
-        torch.stack(scaled).sum().backward()
-        detached = losses.detach()
-        for k, state in enumerate(states):
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-            if cfgs_of[id(state)].interval == "batch":
-                state.scheduler.step()
-            step_losses[id(state)][step] = detached[k]
-        step_sizes[step] = y.shape[-1]
-        leaving: dict[int, BaseException] = {}
-        if any_hooks:
-            pack.write_back_buffers()
+    try:
+        for step in range(n_steps):
+            if not pack.states:
+                break
+            x, y, in_dim = _stack_batches(iterators, groups)
+            states = pack.states
+            detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
+            step_trials(states, [cfgs_of[id(s)].interval for s in states])
+            for k, state in enumerate(states):
+                step_losses[id(state)][step] = detached[k]
+            step_sizes[step] = y.shape[-1]
+            leaving: dict[int, BaseException] = {}
+            if any_hooks:
+                pack.write_back_buffers()
+                for state in states:
+                    try:
+                        for hook in hooks_of[id(state)]:
+                            hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
+                    except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
+                        leaving[id(state)] = e
             for state in states:
-                try:
-                    for hook in hooks_of[id(state)]:
-                        hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
-                except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
-                    leaving[id(state)] = e
-        for state in states:
-            key = id(state)
-            if key in leaving:
-                continue
-            cfg = cfgs_of[key]
-            if (step + 1) % cfg.check_every == 0 or step + 1 == n_steps:
-                try:
-                    _check_finite(step_losses[key], step + 1, epoch)
-                except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
-                    leaving[key] = e
-                checked[key] = step + 1
-        if leaving:
-            drop(leaving)
-    pack.write_back_buffers()
+                key = id(state)
+                if key not in leaving and ((step + 1) % cfgs_of[key].check_every == 0 or step + 1 == n_steps):
+                    try:
+                        _check_finite(step_losses[key], step + 1, epoch)
+                    except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
+                        leaving[key] = e
+            if leaving:
+                drop(leaving)
+    finally:  # also when a signal unwinds mid-epoch: each model holds its own statistics
+        pack.write_back_buffers()
     return {id(s): float((step_losses[id(s)] * step_sizes).sum() / step_sizes.sum()) for s in pack.states}
 
 
@@ -288,7 +305,7 @@ def fit_packed(
     hooks_of = {id(s): [cb.on_batch_end for cb in cb_list if hasattr(cb, "on_batch_end")] for s, cb_list in zip(states, callbacks)}
     n_train = len(data.train)
     epochs = cfgs[0].epochs
-    pack = _Pack([s for s in states])
+    pack = Pack([s for s in states])
     while pack.states and pack.states[0].epoch < epochs:
         lrs = {id(s): s.optimizer.param_groups[0]["lr"] for s in pack.states}  # the lr each epoch starts with
         t0 = time.perf_counter()
@@ -343,6 +360,9 @@ def packed_evaluate(
     states = list(states)
     if len(states) == 1:
         return [evaluate(states[0].model, data, split, cfg)]
+    chunk = max(1, EVAL_IMAGES_PER_CALL // cfg.eval_batch_size)  # K x batch activations at once
+    if len(states) > chunk:
+        return [m for i in range(0, len(states), chunk) for m in packed_evaluate(states[i : i + chunk], data, split, cfg)]
     template = copy.deepcopy(states[0].model)
     template._compiled_call_impl = None
     template.eval()
