@@ -6,7 +6,8 @@ values of every swept key outside :data:`PACKABLE` (model, batch size, epochs, d
 precision, the optimizer or scheduler chosen, …); a group of one runs through the
 launcher as usual. Each trial of a pack is composed as Hydra's launchers compose a job
 (``load_sweep_config``), gets the Hydra files a job gets (``.hydra/config.yaml``,
-``hydra.yaml``, ``overrides.yaml``) and its log file, is checked as the task checks a
+``hydra.yaml``, ``overrides.yaml``), its log file, Hydra's job callbacks and ``hydra.job.env_set``,
+is checked as the task checks a
 run, and trains in :func:`optimlab.run.packed.run_packed`. What comes back is one
 ``JobReturn`` per trial, so the sweeper tells the study each result as it does for a job.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log
+from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optimlab.config import overrides as ovr
@@ -165,11 +166,12 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
     from optimlab.run import resume
     from optimlab.run.folder import RunFolder
     from optimlab.run.packed import run_packed
-    from optimlab.sweeping.pruning import PruningCallback
+    from optimlab.sweeping.pruning import TRIAL_ENV, PruningCallback
 
-    loader = sweeper.hydra_context.config_loader
+    loader, callbacks = sweeper.hydra_context.config_loader, sweeper.hydra_context.callbacks
     saved_hydra = HydraConfig.instance().cfg
     packed: list[_Job] = []
+    started: list[_Job] = []  # Hydra's job callbacks: on_job_start, then on_job_end with the result
     alone: list[int] = []
     returns: list[JobReturn | None] = [None] * len(trials)
     with contextlib.ExitStack() as locks:
@@ -185,6 +187,8 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
                     continue
                 returns[i] = job.ret
                 job.write_hydra_files()
+                callbacks.on_job_start(config=job.config, task_function=sweeper.task_function)
+                started.append(job)
                 try:
                     locks.enter_context(RunFolder(job.run_dir, create=False).lock())  # as the task takes it
                     validate(job.cfg)  # bad input fails here, before any data or model is built
@@ -195,12 +199,18 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
             if packed:
                 _log_to_every_folder(packed)
                 multi = len(sweeper._directions()) > 1  # Optuna prunes single-objective studies only
-                outcomes = run_packed(
-                    [j.cfg for j in packed], [j.run_dir for j in packed], [j.task_overrides for j in packed],
-                    [[] if multi else [PruningCallback(j.trial, j.cfg.objective.metric)] for j in packed],
-                )  # fmt: skip
+                # the job's environment (hydra.job.env_set), less the trial link a lone job reads
+                env = {str(k): str(v) for k, v in packed[0].config.hydra.job.env_set.items() if k != TRIAL_ENV}
+                with env_override(env):
+                    outcomes = run_packed(
+                        [j.cfg for j in packed], [j.run_dir for j in packed], [j.task_overrides for j in packed],
+                        [[] if multi else [PruningCallback(j.trial, j.cfg.objective.metric)] for j in packed],
+                    )  # fmt: skip
                 for job, outcome in zip(packed, outcomes):
                     job.done(outcome)
+            for job in (j for j in started if j.ret.status != JobStatus.UNKNOWN):
+                HydraConfig.instance().set_config(job.config)
+                callbacks.on_job_end(config=job.config, job_return=job.ret)
         finally:
             HydraConfig.instance().cfg = saved_hydra
             configure_log(sweeper.config.hydra.hydra_logging, sweeper.config.hydra.verbose)
