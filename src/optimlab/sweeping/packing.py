@@ -6,9 +6,9 @@ values of every swept key outside :data:`PACKABLE` (model, batch size, epochs, d
 precision, the optimizer or scheduler chosen, …); a group of one runs through the
 launcher as usual. Each trial of a pack is composed as Hydra's launchers compose a job
 (``load_sweep_config``), gets the Hydra files a job gets (``.hydra/config.yaml``,
-``hydra.yaml``, ``overrides.yaml``), its log file, Hydra's job callbacks and ``hydra.job.env_set``,
-is checked as the task checks a
-run, and trains in :func:`optimlab.run.packed.run_packed`. What comes back is one
+``hydra.yaml``, ``overrides.yaml``), its log file, Hydra's job callbacks and the job's
+``env_set``, is checked as the task checks a run, and trains in
+:func:`optimlab.run.packed.run_packed`. What comes back is one
 ``JobReturn`` per trial, so the sweeper tells the study each result as it does for a job.
 
 A trial that is pruned or diverges leaves the pack and its slot stays empty until the
