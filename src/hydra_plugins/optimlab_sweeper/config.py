@@ -80,6 +80,11 @@ class OptimlabSweeperConf(OptunaSweeperConf):
     n_trials: int = 20
     # trials per launcher call inside one worker (batched; 1 = fully asynchronous)
     n_jobs: int = 1
+    # packed trials: each worker trains up to `pack` trials that differ only in hyperparameters
+    # that keep the model's shapes (lr, momentum, weight_decay, betas, seed, scheduler factors)
+    # together in one process, each still a trial of its own. 1: one trial at a time; auto:
+    # pack only where it is measured to pay (so far nowhere: see README, "Packed trials")
+    pack: Any = 1
     # asynchronous worker processes started by this command, each ask → run → tell
     n_workers: int = 1
     # stop when this sweep's failed trials exceed max_failures, or their share of the

@@ -291,6 +291,8 @@ def check_sweeper(sweeper: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             allowed = f"an integer >= {low}" + (" or null" if nullable else "")
             raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be {allowed}")
+    if "pack" in sweeper:
+        check_pack(sweeper.get("pack"))
     rate = sweeper.get("max_failure_rate")
     if rate is not None and not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
         raise SweepConfigError(f"hydra.sweeper.max_failure_rate={rate}: must be a number in [0, 1]")
@@ -304,6 +306,16 @@ def check_sweeper(sweeper: DictConfig) -> None:
                     f"hydra.sweeper.direction={d}: must be minimize or maximize (or a list of them, one per "
                     f"objective){_did_you_mean(name, DIRECTIONS)}"
                 )
+
+
+PACK_AUTO = "auto"
+
+
+def check_pack(value: Any) -> None:
+    """``hydra.sweeper.pack``: how many trials one worker trains at once (1, 2, …) or ``auto``."""
+    if value == PACK_AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise SweepConfigError(f"hydra.sweeper.pack={value}: must be an integer >= 1 (trials trained at once) or auto")
 
 
 # Top-level knobs that reach a run only through interpolations in the groups' configs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -185,20 +186,104 @@ def final_summary(summary, cfg, state: TrainState, status, durations, error=None
     return out
 
 
-# --------------------------------------------------------------------------- one run
+# --------------------------------------------------------------------------- one run, in steps
 
 
-def run(
-    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None,
-    sweep: Sweep | None = None,
-) -> float | tuple[float, ...]:
-    """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value
-    (a tuple of values with several ``objective.metrics``).
+@dataclass
+class Prepared:
+    """One run built and ready to train: its folder, state, loop settings and summary so far.
 
-    ``resume``: a checked plan (:func:`optimlab.run.resume.prepare`) whose checkpoint the
-    run continues from; ``cfg`` is then its effective config. ``sweep``: the study this run
-    is a trial of (loggers group a sweep's trials by it).
+    :func:`run` is ``prepare → begin → fit → completed`` (or ``failed``); a packed sweep
+    (:mod:`optimlab.run.packed`) takes the same steps for each of its trials around one
+    shared training call, so each folder ends exactly as a run of its own would.
     """
+
+    cfg: DictConfig
+    folder: RunFolder
+    overrides: list[str]
+    summary: dict[str, Any]
+    data: datasets.DeviceData
+    state: TrainState
+    loop: LoopConfig
+    resume: Resume | None
+    t_start: float
+    setup_s: float
+    writer: FolderWriter = None  # type: ignore[assignment]
+    watchers: list = field(default_factory=list)
+    t_train: float = 0.0
+    t_trained: float | None = None
+    sweep: Sweep | None = None  # the study this run is a trial of (loggers group its trials)
+
+    def durations(self) -> dict[str, float]:
+        now = time.perf_counter()
+        return {"setup_s": self.setup_s, "train_s": (self.t_trained or now) - self.t_train, "total_s": now - self.t_start}
+
+    def begin(self) -> None:
+        """The first "running" summary.json (inside :func:`signals.stop_signals`), then the observers."""
+        self.folder.write_summary(self.summary)
+        if self.resume is not None:
+            # a new folder is resumable itself even if killed before its next checkpoint
+            self.writer.save(self.state)
+            done = "nothing to train" if self.state.epoch >= self.cfg.epochs else "continuing"
+            where = "in place" if self.resume.in_place else f"from {self.resume.source}"
+            log.info("resume: %s %s at epoch %d/%d", done, where, self.state.epoch, self.cfg.epochs)
+        self.watchers = observers(self.cfg, self.folder, self.overrides, self.state, n_train=len(self.data.train),
+                                  sweep=self.sweep)  # fmt: skip
+
+    def callbacks(self, extra=()) -> list:
+        return [self.writer, *self.watchers, *extra]
+
+    def failed(self, e: BaseException) -> BaseException:
+        """Record how the run ended on ``e`` (stop signal, divergence, pruning, error): the last
+        boundary's checkpoint on a stop, the final summary.json; the exception to raise."""
+        stopped = signals.status_of(e)
+        error = _storage_error(e, self.folder)
+        if isinstance(error, StorageError):
+            logging.raiseExceptions = False  # train.log is on the same full disk: no handler tracebacks
+        with signals.deferred():
+            saved = None
+            if stopped:
+                try:
+                    saved = self.writer.save_if_at_boundary(self.state)
+                except StorageError:
+                    pass  # the last checkpoint on disk stays as it was
+            status = stopped or (error.status if isinstance(error, OptimlabError) else "failed")
+            final = final_summary(self.summary, self.cfg, self.state, status, self.durations(), error=error)
+            if stopped:
+                how = "Ctrl-C" if stopped == "interrupted" else "SIGTERM"
+                final["error"] = f"{stopped} ({how}) after {self.state.epoch} finished epochs"
+            self.folder.end_summary(final)
+            _end_observers(self.watchers, final)
+        if saved is not None:
+            log.info("saved the state after epoch %d to %s", saved, self.folder.path)
+        return error
+
+    def test(self) -> tuple[float, float]:
+        """Right after training: the clock stops, the test split is evaluated (loss, accuracy)."""
+        self.t_trained = time.perf_counter()
+        return evaluate(self.state.model, self.data, "test", self.loop)
+
+    def completed(self, test_loss: float, test_acc: float) -> float | tuple[float, ...]:
+        """The final summary of a run that trained all its epochs; its objective."""
+        with signals.deferred():  # the run is done: its last writes are not cut short
+            log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
+            self.summary["test"] = {"loss": test_loss, "acc": test_acc}
+            final = final_summary(self.summary, self.cfg, self.state, "completed", self.durations())
+            written = self.folder.end_summary(final)
+            _end_observers(self.watchers, final)
+        if not written:
+            raise StorageError(f"cannot write {self.folder.summary_path}: the run completed but its summary "
+                               f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
+        return objective.returned(final["objective"])
+
+
+def prepare(
+    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, resume: Resume | None = None,
+    data: datasets.DeviceData | None = None, sweep: Sweep | None = None,
+) -> Prepared:  # fmt: skip
+    """Build everything a run of the (checked) ``cfg`` trains: device, data (``data`` when given:
+    loaded once for several runs), model, optimizer, scheduler, the resumed state. Writes
+    nothing unless it fails: then summary.json holds the one-line reason."""
     t_start = time.perf_counter()
     overrides = list(overrides or [])
     folder = RunFolder(run_dir)
@@ -208,7 +293,8 @@ def run(
         precision = resolve_precision(cfg.precision, device)
         summary.update(device=device_info(device), precision=precision)
         seed_everything(cfg.seed, cfg.deterministic)
-        data = load_data(cfg, device)
+        if data is None:
+            data = load_data(cfg, device)
 
         torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -242,60 +328,35 @@ def run(
         previous = folder.summary()
         summary["resumed_from"] = previous.get("resumed_from") or resume.info()
         summary["requeued"] = [*previous.get("requeued", []), {"epoch": resume.epoch, "at": now_iso()}]
-    setup_s = time.perf_counter() - t_start
-    writer, watchers = FolderWriter(folder, cfg, state), []
-    t_train = time.perf_counter()
-    t_trained = None
+    prepared = Prepared(cfg, folder, overrides, summary, data, state, loop, resume, t_start,
+                        setup_s=time.perf_counter() - t_start, sweep=sweep)  # fmt: skip
+    prepared.writer = FolderWriter(folder, cfg, state)
+    prepared.t_train = time.perf_counter()
+    return prepared
 
-    def durations() -> dict[str, float]:
-        now = time.perf_counter()
-        return {"setup_s": setup_s, "train_s": (t_trained or now) - t_train, "total_s": now - t_start}
 
+def run(
+    cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None,
+    sweep: Sweep | None = None,
+) -> float | tuple[float, ...]:
+    """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value
+    (a tuple of values with several ``objective.metrics``).
+
+    ``resume``: a checked plan (:func:`optimlab.run.resume.prepare`) whose checkpoint the
+    run continues from; ``cfg`` is then its effective config. ``sweep``: the study this run
+    is a trial of (loggers group a sweep's trials by it).
+    """
+    one = prepare(cfg, run_dir, overrides, resume, sweep=sweep)
     # From the first "running" to the last word, SIGTERM unwinds through the except below:
     # summary.json never says "running" for a process that is gone.
     with signals.stop_signals():
         try:
-            folder.write_summary(summary)
-            if resume is not None:
-                # a new folder is resumable itself even if killed before its next checkpoint
-                writer.save(state)
-                done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
-                where = "in place" if resume.in_place else f"from {resume.source}"
-                log.info("resume: %s %s at epoch %d/%d", done, where, state.epoch, cfg.epochs)
-            watchers = observers(cfg, folder, overrides, state, n_train=len(data.train), sweep=sweep)
-            fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
-            t_trained = time.perf_counter()
-            test_loss, test_acc = evaluate(state.model, data, "test", loop)
+            one.begin()
+            fit(one.state, one.data, one.loop, callbacks=one.callbacks(callbacks))
+            test = one.test()
         except BaseException as e:
-            stopped = signals.status_of(e)
-            error = _storage_error(e, folder)
-            if isinstance(error, StorageError):
-                logging.raiseExceptions = False  # train.log is on the same full disk: no handler tracebacks
-            with signals.deferred():
-                saved = None
-                if stopped:
-                    try:
-                        saved = writer.save_if_at_boundary(state)
-                    except StorageError:
-                        pass  # the last checkpoint on disk stays as it was
-                status = stopped or (error.status if isinstance(error, OptimlabError) else "failed")
-                final = final_summary(summary, cfg, state, status, durations(), error=error)
-                if stopped:
-                    final["error"] = f"{stopped} ({'Ctrl-C' if stopped == 'interrupted' else 'SIGTERM'}) after {state.epoch} finished epochs"
-                folder.end_summary(final)
-                _end_observers(watchers, final)
-            if saved is not None:
-                log.info("saved the state after epoch %d to %s", saved, folder.path)
+            error = one.failed(e)
             if error is not e:
                 raise error from e
             raise
-        with signals.deferred():  # the run is done: its last writes are not cut short
-            log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
-            summary["test"] = {"loss": test_loss, "acc": test_acc}
-            final = final_summary(summary, cfg, state, "completed", durations())
-            written = folder.end_summary(final)
-            _end_observers(watchers, final)
-    if not written:
-        raise StorageError(f"cannot write {folder.summary_path}: the run completed but its summary "
-                           f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
-    return objective.returned(final["objective"])
+        return one.completed(*test)

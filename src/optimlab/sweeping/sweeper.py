@@ -40,11 +40,11 @@ from optuna.trial import TrialState
 
 from optimlab import objective as objectives
 from optimlab.config import overrides as ovr
-from optimlab.config.sweeps import SweepConfigError, check_objectives, refuse
+from optimlab.config.sweeps import SweepConfigError, check_objectives, check_pack, refuse
 from optimlab.errors import ConfigError, OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
-from optimlab.sweeping import attempts, summary, upstream, workers
+from optimlab.sweeping import attempts, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
@@ -131,6 +131,7 @@ class OptimlabSweeperImpl(Sweeper):
         top_k: int = 5,
         worker_index: int = 0,
         session: str | None = None,
+        pack: Any = 1,
     ) -> None:
         self.sampler_cfg, self.pruner_cfg, self.direction = sampler, pruner, direction
         self.storage, self.study_name, self.n_trials, self.n_jobs = storage, study_name or "optimlab", n_trials, max(1, n_jobs)
@@ -140,11 +141,12 @@ class OptimlabSweeperImpl(Sweeper):
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         self.assign_gpus, self.plots, self.plot_every, self.top_k = assign_gpus, plots, plot_every, top_k
         self.worker_index, self.session = worker_index, session
+        self.pack, self.pack_size = pack, 1
 
     # ------------------------------------------------------------------ setup
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -210,6 +212,7 @@ class OptimlabSweeperImpl(Sweeper):
         try:
             choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
             check_objectives(self._directions(), self.pruner_cfg, choice)
+            check_pack(self.pack)  # also where the sweep checks (a Hydra callback) are not registered
         except ConfigError as e:
             refuse(e)  # before the first trial, and before anything is written
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
@@ -219,6 +222,8 @@ class OptimlabSweeperImpl(Sweeper):
         storages.check_writable(self.sweep_dir / trial_dir_name(0), f"hydra.sweep.dir={self.sweep_dir}")
         storages.check(self.storage_url)
         self.base_overrides = self._base_overrides(space)
+        if self.pack != 1:
+            self.pack_size = packing.pack_size(self.pack, self._device_type(), self.task_function)
 
         study = self._open_study(self.storage_url)
         self._check_study(study)
@@ -247,6 +252,15 @@ class OptimlabSweeperImpl(Sweeper):
                 self._finalize(study)
         if owner:
             self._check_failures(study.get_trials(deepcopy=False), session)
+
+    def _device_type(self) -> str:
+        """Where this worker's trials train (cpu, cuda, mps), as a run resolves ``device``."""
+        from optimlab.engine.devices import resolve_device
+
+        try:
+            return resolve_device(str(self.config.device.type)).type
+        except Exception:  # noqa: BLE001 - the trials report a bad device themselves
+            return "cpu"
 
     def _check_study(self, study) -> None:
         """A resumed study has this sweep's directions (Optuna would load it silently)."""
@@ -316,8 +330,8 @@ class OptimlabSweeperImpl(Sweeper):
                 attempts.mark_dead(study, self.storage_obj, trial, attempts.died_reason(owner), attempts.DIED)
 
     def _claim(self, study) -> list:
-        """Up to ``n_jobs`` trials, as many as the study still has room for: first the
-        continuations of dead or stopped attempts (same params), then new ones.
+        """Up to ``n_jobs`` trials (``pack`` when packing), as many as the study still has room
+        for: first the continuations of dead or stopped attempts (same params), then new ones.
 
         Counting and asking happen under the study's lock, so of two workers racing for
         the last slot exactly one creates a trial, and the loser leaves nothing behind.
@@ -325,7 +339,8 @@ class OptimlabSweeperImpl(Sweeper):
         """
         with study_lock(self.storage_url, self.study_name):
             trials = study.get_trials(deepcopy=False)
-            room = min(self.n_jobs, self.n_trials - sum(t.state in (*DONE, TrialState.RUNNING) for t in trials))
+            busy = sum(t.state in (*DONE, TrialState.RUNNING) for t in trials)
+            room = min(max(self.n_jobs, self.pack_size), self.n_trials - busy)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             # a continuation's params come from a WAITING trial, which ask() takes first
             for dead in attempts.pending(trials, self.max_retry)[: max(0, room - waiting)]:
@@ -370,7 +385,10 @@ class OptimlabSweeperImpl(Sweeper):
         with Heartbeat(self.storage_obj, [self._trial_id(t) for t in batch] if beat else [], beat):
             try:
                 with self.stop.job():
-                    returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+                    if self.pack_size > 1:
+                        returns = packing.launch(self, self.pack_size, batch, jobs)
+                    else:
+                        returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
             except BaseException as e:
                 stopped = status_of(e)
                 for trial in batch:

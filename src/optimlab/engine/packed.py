@@ -1,0 +1,393 @@
+"""Packed trials: K trials of one model shape trained together, one vectorised step for all.
+
+Each trial keeps what ``fit`` gives it: its own model (whose parameters stay the leaves
+its own torch.optim optimizer updates), its own scheduler, scaler, history and callbacks.
+Per step, the trials' parameters are stacked (``torch.stack`` is differentiable, so each
+trial's gradient lands in its own leaves' ``.grad``), one ``torch.func.vmap`` of
+``functional_call`` runs forward and loss for all K at once, the K mean losses are summed
+(the trials share no parameter, so the sum's gradient w.r.t. a trial's parameters is that
+trial's own gradient) and one backward pass fills every trial's gradients. Then each trial
+takes its own ``optimizer.step()`` and scheduler step, exactly as ``train_one_epoch`` does.
+
+Buffers (BatchNorm running statistics) are stacked once per epoch, updated in place by the
+vmapped forward (only a batched buffer can be written under vmap) and written back to each
+trial's model before anything outside the loop looks at it: a callback, the evaluation,
+the end of the epoch, or a trial leaving the pack. A trial's checkpoint is therefore a
+solo trial's checkpoint.
+
+Data: trials with the same seed see the same batches, so when all seeds agree one batch is
+shared (``in_dims=None``); otherwise each trial gets its own seed's batch.
+
+A trial leaves the pack when its loss becomes non-finite (the same ``Diverged`` a solo run
+raises, at the same epoch and step) or when one of its callbacks raises (``Pruned``, a
+stop); its exception is returned in its slot. KeyboardInterrupt and SystemExit propagate.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from optimlab.engine.data import DeviceData
+from optimlab.engine.metrics import EpochResult
+from optimlab.engine.training import Callback, LoopConfig, TrainState, _check_finite, autocast, evaluate
+
+log = logging.getLogger(__name__)
+
+# LoopConfig fields every trial of a pack must share: they fix the step's shapes and kernels.
+SHARED_LOOP_KEYS = ("epochs", "batch_size", "precision", "eval_batch_size", "compile")
+# packed_evaluate runs at most this many images (trials x eval batch) through one vmapped forward
+EVAL_IMAGES_PER_CALL = 16384
+
+
+# --------------------------------------------------------------------------- packability
+
+
+def _describe_tensor(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> None:
+    """Raise ValueError naming the first thing that keeps these trials from one pack:
+    their count, the model class, a parameter's or buffer's name/shape/dtype/device, the
+    epoch they start at, or a loop setting that must be shared (batch size, epochs, ...)."""
+    if len(states) == 0:
+        raise ValueError("a pack needs at least one trial")
+    if len(states) != len(cfgs):
+        raise ValueError(f"a pack needs one LoopConfig per trial: {len(states)} states, {len(cfgs)} configs")
+    ref, ref_cfg = states[0], cfgs[0]
+    ref_params = dict(ref.model.named_parameters())
+    ref_buffers = dict(ref.model.named_buffers())
+    for k, (state, cfg) in enumerate(zip(states, cfgs)):
+        if k == 0:
+            continue
+        what = f"trials 0 and {k} cannot be packed"
+        if type(state.model) is not type(ref.model):
+            raise ValueError(f"{what}: model {type(ref.model).__name__} vs {type(state.model).__name__}")
+        for kind, mine, theirs in (
+            ("parameter", ref_params, dict(state.model.named_parameters())),
+            ("buffer", ref_buffers, dict(state.model.named_buffers())),
+        ):
+            if mine.keys() != theirs.keys():
+                diff = sorted(set(mine) ^ set(theirs))
+                raise ValueError(f"{what}: their models' {kind}s differ ({', '.join(diff[:3])})")
+            for name, t in mine.items():
+                u = theirs[name]
+                if (t.shape, t.dtype, t.device) != (u.shape, u.dtype, u.device):
+                    raise ValueError(f"{what}: {kind} {name} {_describe_tensor(t)} vs {_describe_tensor(u)}")
+        for key in SHARED_LOOP_KEYS:
+            a, b = getattr(ref_cfg, key), getattr(cfg, key)
+            if a != b:
+                raise ValueError(f"{what}: {key} {a!r} vs {b!r} (a pack shares {', '.join(SHARED_LOOP_KEYS)})")
+        if state.epoch != ref.epoch:
+            raise ValueError(f"{what}: they start at epoch {ref.epoch} vs {state.epoch} (a pack starts together)")
+
+
+# --------------------------------------------------------------------------- the stacked model
+
+
+class Pack:
+    """The active trials' models seen as one stacked model: a template module to run
+    ``functional_call`` on, and the trials' buffers stacked along a new leading dim."""
+
+    def __init__(self, states: Sequence[TrainState]):
+        self.states = list(states)
+        # a structural copy to call: the trials' own modules are never re-parametrised, and a
+        # torch.compile'd trial model is run uncompiled here
+        self.template = copy.deepcopy(states[0].model)
+        self.template._compiled_call_impl = None
+        for p in self.template.parameters():
+            p.requires_grad_(False)
+        self.param_names = [n for n, _ in states[0].model.named_parameters()]
+        self.buffer_names = [n for n, _ in states[0].model.named_buffers()]
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.stack_buffers()
+
+    def stack_buffers(self) -> None:
+        """Stack the trials' buffers afresh (their models hold the truth between epochs); also
+        note, per parameter name, the trials' parameters in pack order."""
+        self.columns = list(zip(*([p for _, p in s.model.named_parameters()] for s in self.states)))
+        self.buffers = {}
+        models = [s.model for s in self.states]
+        per_model = [dict(m.named_buffers()) for m in models]
+        for name in self.buffer_names:
+            self.buffers[name] = torch.stack([b[name] for b in per_model])
+
+    def write_back_buffers(self) -> None:
+        """Each trial's model gets its own row of the stacked buffers."""
+        if not self.buffer_names or not self.states:
+            return
+        own, rows = [], []
+        for k, state in enumerate(self.states):
+            for name, buffer in state.model.named_buffers():
+                own.append(buffer)
+                rows.append(self.buffers[name][k])
+        with torch.no_grad():
+            torch._foreach_copy_(own, rows)  # one call for all: cheap enough to run every step
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Each parameter of all trials stacked: differentiable, gradients flow to each trial's leaf."""
+        return {name: torch.stack(column) for name, column in zip(self.param_names, self.columns)}
+
+    def remove(self, keep: Sequence[int]) -> None:
+        """Keep only the trials at ``keep`` (indices into the current pack); buffers written back first."""
+        self.write_back_buffers()
+        self.states = [self.states[i] for i in keep]
+        if self.states:
+            self.stack_buffers()
+
+
+def _stack_batches(iterators: list, groups: list[int]):
+    """Next batch of every distinct seed; (x, y, in_dim): shared when there is one seed."""
+    batches = [next(it) for it in iterators]
+    if len(batches) == 1:
+        x, y = batches[0]
+        return x, y, None
+    xs = torch.stack([batches[g][0] for g in groups])
+    ys = torch.stack([batches[g][1] for g in groups])
+    return xs, ys, 0
+
+
+# --------------------------------------------------------------------------- training
+
+
+def losses_fn(template: nn.Module):
+    def loss_one(params, buffers, x, y):
+        logits = functional_call(template, (params, buffers), (x,))
+        return nn.functional.cross_entropy(logits, y)
+
+    return loss_one
+
+
+def forward_backward(pack: Pack, loss_one, x: torch.Tensor, y: torch.Tensor, in_dim: int | None, precision: str) -> torch.Tensor:
+    """zero_grad, forward, loss and backward for every trial of the pack at once; each trial's
+    gradients land in its own parameters' ``.grad``. Returns the K detached losses."""
+    for state in pack.states:
+        state.optimizer.zero_grad(set_to_none=True)
+    params = pack.stacked_params()
+    with autocast(x.device, precision):
+        losses = vmap(loss_one, in_dims=(0, 0, in_dim, in_dim))(params, pack.buffers, x, y)
+    # the trials share no parameter, so the sum's gradient w.r.t. trial k's parameters is
+    # d(loss_k)/d(params_k): each term's own (scaled, as solo) gradient, unmixed
+    scaled = [state.scaler.scale(losses[k]) for k, state in enumerate(pack.states)]
+    torch.stack(scaled).sum().backward()
+    return losses.detach()
+
+
+def step_trials(states: Sequence[TrainState], intervals: Sequence[str]) -> None:
+    """Each trial's own optimizer step (through its scaler) and per-batch scheduler step, as
+    ``train_one_epoch`` takes them."""
+    for state, interval in zip(states, intervals):
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if interval == "batch":
+            state.scheduler.step()
+
+
+def _trial_seeds(pack: Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
+    """(the distinct seeds, for each active trial the index of its seed among them)."""
+    seeds: list[int] = []
+    groups = []
+    for state in pack.states:
+        seed = cfgs_of[id(state)].seed
+        if seed not in seeds:
+            seeds.append(seed)
+        groups.append(seeds.index(seed))
+    return seeds, groups
+
+
+def _train_packed_epoch(
+    pack: Pack,
+    data: DeviceData,
+    cfgs_of: dict[int, LoopConfig],
+    hooks_of: dict[int, list],
+    results: dict[int, BaseException | None],
+) -> dict[int, float]:
+    """One epoch for every trial in the pack; returns each surviving trial's mean training loss
+    (keyed by id(state)); trials that diverge or whose batch hook raises leave ``pack``."""
+    cfg0 = cfgs_of[id(pack.states[0])]
+    device, precision = data.device, cfg0.precision
+    epoch = pack.states[0].epoch
+    n_steps = data.steps_per_epoch(cfg0.batch_size)
+    loss_one = losses_fn(pack.template)
+    pack.template.train()
+    for state in pack.states:
+        state.model.train()
+    step_losses = {id(s): torch.zeros(n_steps, device=device) for s in pack.states}
+    step_sizes = torch.zeros(n_steps, device=device)
+    seeds, groups = _trial_seeds(pack, cfgs_of)
+    iterators = [iter(data.train_batches(cfg0.batch_size, seed, epoch)) for seed in seeds]
+    any_hooks = any(hooks_of[id(s)] for s in pack.states)
+
+    def drop(leaving: dict[int, BaseException]) -> None:
+        nonlocal seeds, groups, iterators
+        for key, err in leaving.items():
+            results[key] = err
+        keep = [i for i, s in enumerate(pack.states) if id(s) not in leaving]
+        old_seeds = seeds
+        pack.remove(keep)
+        seeds, groups = _trial_seeds(pack, cfgs_of)
+        iterators = [iterators[old_seeds.index(s)] for s in seeds]
+
+    try:
+        for step in range(n_steps):
+            if not pack.states:
+                break
+            x, y, in_dim = _stack_batches(iterators, groups)
+            states = pack.states
+            detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
+            step_trials(states, [cfgs_of[id(s)].interval for s in states])
+            for k, state in enumerate(states):
+                step_losses[id(state)][step] = detached[k]
+            step_sizes[step] = y.shape[-1]
+            leaving: dict[int, BaseException] = {}
+            if any_hooks:
+                pack.write_back_buffers()
+                for state in states:
+                    try:
+                        for hook in hooks_of[id(state)]:
+                            hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
+                    except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
+                        leaving[id(state)] = e
+            for state in states:
+                key = id(state)
+                if key not in leaving and ((step + 1) % cfgs_of[key].check_every == 0 or step + 1 == n_steps):
+                    try:
+                        _check_finite(step_losses[key], step + 1, epoch)
+                    except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
+                        leaving[key] = e
+            if leaving:
+                drop(leaving)
+    finally:  # also when a signal unwinds mid-epoch: each model holds its own statistics
+        pack.write_back_buffers()
+    return {id(s): float((step_losses[id(s)] * step_sizes).sum() / step_sizes.sum()) for s in pack.states}
+
+
+def fit_packed(
+    states: Sequence[TrainState],
+    data: DeviceData,
+    cfgs: Sequence[LoopConfig],
+    callbacks: Sequence[Sequence[Callback]],
+) -> list[BaseException | None]:
+    """Train K trials together, each from its ``state.epoch`` to its ``cfg.epochs``.
+
+    All states start at the same epoch; the configs must agree on ``epochs``, ``batch_size``,
+    ``precision``, ``eval_batch_size`` and ``compile`` (else ValueError, see
+    :func:`check_packable`); they may differ in seed, interval, monitor and check_every.
+    Per trial this does exactly what ``engine.training.fit`` does: an EpochResult appended to
+    ``state.history`` per epoch, the scheduler stepped at its interval, the trial's callbacks'
+    ``on_epoch_end(result, state)`` (and optional ``on_batch_end``) called with the trial's
+    own model holding its own parameters and buffers.
+
+    Returns one slot per trial: None for a trial that finished, else the exception that
+    made it leave the pack (``Diverged`` as a solo run raises it, a callback's ``Pruned`` or
+    stop). KeyboardInterrupt and SystemExit propagate to the caller.
+    """
+    states, cfgs = list(states), list(cfgs)
+    callbacks = [list(c) for c in callbacks]
+    if len(callbacks) != len(states):
+        raise ValueError(f"a pack needs one callback list per trial: {len(states)} states, {len(callbacks)} lists")
+    check_packable(states, cfgs)
+    if len({id(s) for s in states}) != len(states):
+        raise ValueError("a pack cannot hold the same TrainState twice")
+    if cfgs[0].compile:
+        log.info("packed trials run their models uncompiled (torch.compile is not applied to a pack)")
+    results: dict[int, BaseException | None] = {id(s): None for s in states}
+    cfgs_of = {id(s): c for s, c in zip(states, cfgs)}
+    callbacks_of = {id(s): cb for s, cb in zip(states, callbacks)}
+    hooks_of = {id(s): [cb.on_batch_end for cb in cb_list if hasattr(cb, "on_batch_end")] for s, cb_list in zip(states, callbacks)}
+    n_train = len(data.train)
+    epochs = cfgs[0].epochs
+    pack = Pack([s for s in states])
+    while pack.states and pack.states[0].epoch < epochs:
+        lrs = {id(s): s.optimizer.param_groups[0]["lr"] for s in pack.states}  # the lr each epoch starts with
+        t0 = time.perf_counter()
+        train_losses = _train_packed_epoch(pack, data, cfgs_of, hooks_of, results)
+        if not pack.states:
+            break
+        if data.device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - t0
+        metrics = packed_evaluate(pack.states, data, "val", cfgs_of[id(pack.states[0])])
+        leaving: dict[int, BaseException] = {}
+        for state, (val_loss, val_acc) in zip(list(pack.states), metrics):
+            key = id(state)
+            cfg = cfgs_of[key]
+            if cfg.interval == "epoch":
+                state.scheduler.step()
+            elif cfg.interval == "metric":
+                state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
+            state.epoch += 1
+            result = EpochResult(
+                epoch=state.epoch,
+                lr=lrs[key],
+                train_loss=train_losses[key],
+                val_loss=val_loss,
+                val_acc=val_acc,
+                seconds=time.perf_counter() - t0,
+                images_per_s=n_train / train_seconds if train_seconds > 0 else math.inf,
+            )
+            state.history.append(result)
+            try:
+                for callback in callbacks_of[key]:
+                    callback.on_epoch_end(result, state)
+            except Exception as e:  # noqa: BLE001  (Pruned, a stop: the trial leaves; signals propagate)
+                leaving[key] = e
+        if leaving:
+            for key, err in leaving.items():
+                results[key] = err
+            pack.remove([i for i, s in enumerate(pack.states) if id(s) not in leaving])
+        elif pack.states:
+            pack.stack_buffers()  # a callback may have touched a model's buffers (it holds the truth)
+    return [results[id(s)] for s in states]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def packed_evaluate(
+    states: Sequence[TrainState], data: DeviceData, split: str, cfg: LoopConfig
+) -> list[tuple[float, float]]:
+    """(mean cross-entropy, accuracy) of each trial's model on ``split``, as ``evaluate`` gives
+    them, computed for all trials at once by one vmapped forward per batch."""
+    states = list(states)
+    if len(states) == 1:
+        return [evaluate(states[0].model, data, split, cfg)]
+    chunk = max(1, EVAL_IMAGES_PER_CALL // cfg.eval_batch_size)  # K x batch activations at once
+    if len(states) > chunk:
+        return [m for i in range(0, len(states), chunk) for m in packed_evaluate(states[i : i + chunk], data, split, cfg)]
+    template = copy.deepcopy(states[0].model)
+    template._compiled_call_impl = None
+    template.eval()
+    for state in states:
+        state.model.eval()
+    names = [n for n, _ in template.named_parameters()]
+    buffer_names = [n for n, _ in template.named_buffers()]
+    with torch.inference_mode():
+        per_params = [dict(s.model.named_parameters()) for s in states]
+        per_buffers = [dict(s.model.named_buffers()) for s in states]
+        params = {n: torch.stack([p[n].detach() for p in per_params]) for n in names}
+        buffers = {n: torch.stack([b[n] for b in per_buffers]) for n in buffer_names}
+
+        def logits_one(p, b, x):
+            return functional_call(template, (p, b), (x,))
+
+        forward = vmap(logits_one, in_dims=(0, 0, None))
+        k = len(states)
+        loss_sum = torch.zeros(k, device=data.device)
+        correct = torch.zeros(k, device=data.device, dtype=torch.long)
+        for x, y in data.eval_batches(split, cfg.eval_batch_size):
+            with autocast(data.device, cfg.precision):
+                logits = forward(params, buffers, x)  # (K, B, classes)
+            flat = logits.float().flatten(0, 1)
+            loss_sum += nn.functional.cross_entropy(flat, y.repeat(k), reduction="none").view(k, -1).sum(1)
+            correct += (logits.argmax(2) == y).sum(1)
+    n = len(getattr(data, split))
+    return [(float(s) / n, int(c) / n) for s, c in zip(loss_sum.tolist(), correct.tolist())]

@@ -1,0 +1,124 @@
+"""Several runs trained at once in this process (a packed sweep): each prepared and finished
+exactly as :func:`optimlab.run.runner.run` does it alone, around one shared training call.
+
+The data is loaded once (the runs of a pack share it); each run has its own folder,
+summary.json, metrics.csv and checkpoint (its own :class:`FolderWriter`), its own
+observers and its own callbacks (a sweep trial's pruning). A run that is pruned or
+diverges leaves the pack and ends as it would alone; a stop signal ends every run still
+in the pack the way it ends a lone run (the last finished epoch saved, resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from optimlab.engine.packed import check_packable, fit_packed
+from optimlab.errors import OptimlabError
+from optimlab.observe.loggers import Sweep
+from optimlab.run import signals
+from optimlab.run.runner import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+Outcome = Any  # the objective value(s) of a finished run, or the exception it ended with
+
+
+def run_packed(
+    cfgs: Sequence[DictConfig],
+    run_dirs: Sequence[str],
+    overrides_list: Sequence[list[str]],
+    callbacks_list: Sequence[Sequence[Any]],
+    sweeps: Sequence[Sweep | None] | None = None,
+) -> list[Outcome]:
+    """Train the (checked) ``cfgs`` together, one folder each; per run, its objective value(s)
+    or the exception it ended with (pruned, diverged, failed). A stop signal (Ctrl-C,
+    SIGTERM) is raised after every run in the pack has recorded it.
+
+    Runs that cannot share one pack (the engine says what differs) train one after another.
+    """
+    outcomes: list[Outcome] = [None] * len(cfgs)
+    ready: list[tuple[int, Prepared]] = []
+    data = None
+    for i, (cfg, run_dir, overrides) in enumerate(zip(cfgs, run_dirs, overrides_list)):
+        try:
+            one = prepare(cfg, run_dir, overrides, data=data, sweep=sweeps[i] if sweeps else None)
+        except OptimlabError as e:  # its summary.json says why; the others go on
+            outcomes[i] = e
+            continue
+        data = one.data
+        ready.append((i, one))
+    if not ready:
+        return outcomes
+    try:
+        check_packable([one.state for _, one in ready], [one.loop for _, one in ready])
+    except ValueError as e:
+        log.warning("these %d runs cannot train as one pack (%s): they train one after another", len(ready), e)
+        for i, one in ready:
+            outcomes[i] = _alone(one, callbacks_list[i])
+        return outcomes
+    log.info("training %d runs as one pack: %s", len(ready), ", ".join(str(one.folder.path.name) for _, one in ready))
+
+    with signals.stop_signals():
+        begun: list[tuple[int, Prepared]] = []
+        try:
+            for i, one in ready:
+                try:
+                    one.begin()
+                except Exception as e:  # noqa: BLE001 - this run cannot start; the pack goes on
+                    outcomes[i] = one.failed(e)
+                    continue
+                begun.append((i, one))
+            t_train = time.perf_counter()
+            for _, one in begun:
+                one.t_train = t_train
+            ended = fit_packed(
+                [one.state for _, one in begun], data, [one.loop for _, one in begun],
+                [one.callbacks(callbacks_list[i]) for i, one in begun],
+            )  # fmt: skip
+        except BaseException as e:  # a stop signal or a failure of the pack itself: every run records it
+            for i, one in begun:
+                outcomes[i] = one.failed(e)
+            raise
+        for (i, one), error in zip(begun, ended):
+            outcomes[i] = _finish(one, error)
+    return outcomes
+
+
+def _finish(one: Prepared, error: BaseException | None) -> Outcome:
+    """The end of one run of the pack, as :func:`optimlab.run.runner.run` ends it."""
+    if error is not None:
+        return one.failed(error)
+    try:
+        test = one.test()
+    except Exception as e:  # noqa: BLE001
+        return one.failed(e)
+    try:
+        return one.completed(*test)
+    except OptimlabError as e:  # its summary could not be written
+        return e
+
+
+def _alone(one: Prepared, callbacks: Sequence[Any]) -> Outcome:
+    """A prepared run trained on its own (a run that cannot join a pack)."""
+    from optimlab.engine.training import fit
+
+    with signals.stop_signals():
+        try:
+            one.begin()
+            fit(one.state, one.data, one.loop, callbacks=one.callbacks(callbacks))
+            test = one.test()
+        except Exception as e:  # noqa: BLE001 - this run's end; stop signals propagate
+            return one.failed(e)
+        except BaseException as e:
+            one.failed(e)
+            raise
+        try:
+            return one.completed(*test)
+        except OptimlabError as e:
+            return e
+
