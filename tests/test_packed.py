@@ -379,6 +379,9 @@ def test_check_packable_names_the_difference():
         check_packable([tudui, copy.deepcopy(tudui)], [cfg, LoopConfig(epochs=EPOCHS, batch_size=64, seed=0)])
     with pytest.raises(ValueError, match="precision 'fp32' vs 'bf16'"):
         check_packable([tudui, copy.deepcopy(tudui)], [cfg, LoopConfig(epochs=EPOCHS, batch_size=BATCH, seed=0, precision="bf16")])
+    fp16 = LoopConfig(epochs=EPOCHS, batch_size=BATCH, seed=0, precision="fp16")
+    with pytest.raises(ValueError, match="precision 'fp16' cannot be packed"):
+        check_packable([tudui, copy.deepcopy(tudui)], [fp16, fp16])
     later = copy.deepcopy(tudui)
     later.epoch = 1
     with pytest.raises(ValueError, match="epoch 0 vs 1"):
