@@ -59,9 +59,10 @@ def _describe_tensor(t: torch.Tensor) -> str:
 
 
 def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> None:
-    """Raise ValueError naming the first thing that keeps these trials from one pack:
-    their count, fp16 precision (not packed), the model class, a parameter's or buffer's name/shape/dtype/device, the
-    epoch they start at, or a loop setting that must be shared (batch size, epochs, ...)."""
+    """Raise ValueError naming the first thing that keeps these trials from one pack: their
+    count, fp16 precision (not packed), the model class, a parameter's or buffer's name, shape,
+    dtype or device, the epoch they start at, or a loop setting that must be shared (batch
+    size, epochs, ...)."""
     if len(states) == 0:
         raise ValueError("a pack needs at least one trial")
     if len(states) != len(cfgs):
