@@ -72,7 +72,7 @@ LR = {"sgd": 0.05, "momentum": 0.02, "nesterov": 0.03, "adam": 2e-3, "adamw": 3e
 #     run_tolerance = step_tolerance * sum_{t<T} A^t = step_tolerance * (2^T - 1)
 #
 # relative to the run's displacement ||w_T - w_0|| (and to the value, for losses and
-# BatchNorm statistics). T = 8: fp64 -> 2.3e-10, fp32 -> 1.3e-2. fp64 is the strict check
+# BatchNorm statistics). T = 8: fp64 -> 2.3e-11, fp32 -> 1.2e-2. fp64 is the strict check
 # of the math (a wrong update rule, a mixed-up trial or a stale BatchNorm statistic shows
 # up as O(1e-3..1)); the fp32 bound is loose because a max-pool window whose two largest
 # inputs are within rounding of each other can route one gradient differently (a
