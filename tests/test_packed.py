@@ -418,3 +418,17 @@ def test_batch_hooks_see_each_trials_own_statistics():
         for step, (got, want) in enumerate(zip(hook.seen, ref_hook.seen)):
             for a, b in zip(got, want):
                 assert torch.equal(a, b) if not a.dtype.is_floating_point else rel(a, b) <= tol, f"step {step + 1}"
+
+
+def test_compiled_models_pack_uncompiled():
+    """compile=true trials (model.compile()'d, as the runner does) train in a pack, uncompiled,
+    and their models stay compiled for the solo work after it (the test split's evaluation)."""
+    data = make_data()
+    made = [make_trial(TuduiCNN, "sgd", "constant", 0, data, lr=lr) for lr in (0.01, 0.02)]
+    for state, cfg in made:
+        state.model.compile()
+        cfg.compile = True
+    assert fit_packed([s for s, _ in made], data, [c for _, c in made], [[], []]) == [None, None]
+    for state, _ in made:
+        assert state.model._compiled_call_impl is not None
+        assert all(math.isfinite(r.train_loss) for r in state.history) and len(state.history) == EPOCHS

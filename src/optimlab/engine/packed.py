@@ -103,18 +103,27 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
 # --------------------------------------------------------------------------- the stacked model
 
 
+def template_of(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` to run ``functional_call`` on: the trials' own modules are
+    never re-parametrised, and a ``model.compile()``'d model is copied (and run) uncompiled."""
+    compiled = model.__dict__.get("_compiled_call_impl")
+    model._compiled_call_impl = None
+    try:
+        template = copy.deepcopy(model)
+    finally:
+        model._compiled_call_impl = compiled
+    for p in template.parameters():
+        p.requires_grad_(False)
+    return template
+
+
 class Pack:
     """The active trials' models seen as one stacked model: a template module to run
     ``functional_call`` on, and the trials' buffers stacked along a new leading dim."""
 
     def __init__(self, states: Sequence[TrainState]):
         self.states = list(states)
-        # a structural copy to call: the trials' own modules are never re-parametrised, and a
-        # torch.compile'd trial model is run uncompiled here
-        self.template = copy.deepcopy(states[0].model)
-        self.template._compiled_call_impl = None
-        for p in self.template.parameters():
-            p.requires_grad_(False)
+        self.template = template_of(states[0].model)
         self.param_names = [n for n, _ in states[0].model.named_parameters()]
         self.buffer_names = [n for n, _ in states[0].model.named_buffers()]
         self.buffers: dict[str, torch.Tensor] = {}
@@ -373,8 +382,7 @@ def packed_evaluate(
     chunk = max(1, EVAL_IMAGES_PER_CALL // cfg.eval_batch_size)  # K x batch activations at once
     if len(states) > chunk:
         return [m for i in range(0, len(states), chunk) for m in packed_evaluate(states[i : i + chunk], data, split, cfg)]
-    template = copy.deepcopy(states[0].model)
-    template._compiled_call_impl = None
+    template = template_of(states[0].model)
     template.eval()
     for state in states:
         state.model.eval()
