@@ -1,6 +1,6 @@
 """Packed trials: K trials of a sweep trained one after another, by N worker processes, or packed.
 
-    uv run python bench/pack_bench.py quick=true            # CPU, ~1-2 min: K = 1, 4, 16 on small data
+    uv run python bench/pack_bench.py quick=true            # the smallest grid, for a CPU: K = 1, 4, 16, 128 images
     uv run python bench/pack_bench.py device=cuda           # the full grid: K = 1, 4, 16, 64
     uv run python bench/pack_bench.py device=cuda ks=32 models=tudui shapes=cifar
 
@@ -44,7 +44,7 @@ MODELS = {"tudui": TuduiCNN, "fastnet": FastNet}
 SHAPES = {"digits": (1, 32), "cifar": (3, 32)}  # (channels, image size)
 DEFAULTS = {
     "device": "auto",
-    "quick": "false",  # true: ks=1,4,16, train_size=128 (a CPU run of about 1-2 minutes)
+    "quick": "false",  # true: ks=1,4,16, train_size=128 (the smallest grid, for a CPU)
     "models": "tudui,fastnet",
     "shapes": "digits,cifar",
     "ks": "1,4,16,64",

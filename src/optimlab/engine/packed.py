@@ -21,6 +21,9 @@ shared (``in_dims=None``); otherwise each trial gets its own seed's batch.
 A trial leaves the pack when its loss becomes non-finite (the same ``Diverged`` a solo run
 raises, at the same epoch and step) or when one of its callbacks raises (``Pruned``, a
 stop); its exception is returned in its slot. KeyboardInterrupt and SystemExit propagate.
+
+Packs train in fp32 or bf16; fp16 (a GradScaler per trial) is refused for now. A compiled
+model is run uncompiled in a pack.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # LoopConfig fields every trial of a pack must share: they fix the step's shapes and kernels.
 SHARED_LOOP_KEYS = ("epochs", "batch_size", "precision", "eval_batch_size", "compile")
+PACKED_PRECISIONS = ("fp32", "bf16")
 # packed_evaluate runs at most this many images (trials x eval batch) through one vmapped forward
 EVAL_IMAGES_PER_CALL = 16384
 
@@ -55,14 +59,20 @@ def _describe_tensor(t: torch.Tensor) -> str:
 
 
 def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> None:
-    """Raise ValueError naming the first thing that keeps these trials from one pack:
-    their count, the model class, a parameter's or buffer's name/shape/dtype/device, the
-    epoch they start at, or a loop setting that must be shared (batch size, epochs, ...)."""
+    """Raise ValueError naming the first thing that keeps these trials from one pack: their
+    count, fp16 precision (not packed), the model class, a parameter's or buffer's name, shape,
+    dtype or device, the epoch they start at, or a loop setting that must be shared (batch
+    size, epochs, ...)."""
     if len(states) == 0:
         raise ValueError("a pack needs at least one trial")
     if len(states) != len(cfgs):
         raise ValueError(f"a pack needs one LoopConfig per trial: {len(states)} states, {len(cfgs)} configs")
     ref, ref_cfg = states[0], cfgs[0]
+    if ref_cfg.precision not in PACKED_PRECISIONS:
+        raise ValueError(
+            f"precision {ref_cfg.precision!r} cannot be packed (packs train in {' or '.join(PACKED_PRECISIONS)}): "
+            f"an fp16 trial's GradScaler is not tested in a pack yet; run fp16 trials solo"
+        )
     ref_params = dict(ref.model.named_parameters())
     ref_buffers = dict(ref.model.named_buffers())
     for k, (state, cfg) in enumerate(zip(states, cfgs)):
@@ -93,18 +103,27 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
 # --------------------------------------------------------------------------- the stacked model
 
 
+def template_of(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` to run ``functional_call`` on: the trials' own modules are
+    never re-parametrised, and a ``model.compile()``'d model is copied (and run) uncompiled."""
+    compiled = model.__dict__.get("_compiled_call_impl")
+    model._compiled_call_impl = None
+    try:
+        template = copy.deepcopy(model)
+    finally:
+        model._compiled_call_impl = compiled
+    for p in template.parameters():
+        p.requires_grad_(False)
+    return template
+
+
 class Pack:
     """The active trials' models seen as one stacked model: a template module to run
     ``functional_call`` on, and the trials' buffers stacked along a new leading dim."""
 
     def __init__(self, states: Sequence[TrainState]):
         self.states = list(states)
-        # a structural copy to call: the trials' own modules are never re-parametrised, and a
-        # torch.compile'd trial model is run uncompiled here
-        self.template = copy.deepcopy(states[0].model)
-        self.template._compiled_call_impl = None
-        for p in self.template.parameters():
-            p.requires_grad_(False)
+        self.template = template_of(states[0].model)
         self.param_names = [n for n, _ in states[0].model.named_parameters()]
         self.buffer_names = [n for n, _ in states[0].model.named_buffers()]
         self.buffers: dict[str, torch.Tensor] = {}
@@ -363,8 +382,7 @@ def packed_evaluate(
     chunk = max(1, EVAL_IMAGES_PER_CALL // cfg.eval_batch_size)  # K x batch activations at once
     if len(states) > chunk:
         return [m for i in range(0, len(states), chunk) for m in packed_evaluate(states[i : i + chunk], data, split, cfg)]
-    template = copy.deepcopy(states[0].model)
-    template._compiled_call_impl = None
+    template = template_of(states[0].model)
     template.eval()
     for state in states:
         state.model.eval()
