@@ -432,3 +432,16 @@ def test_compiled_models_pack_uncompiled():
     for state, _ in made:
         assert state.model._compiled_call_impl is not None
         assert all(math.isfinite(r.train_loss) for r in state.history) and len(state.history) == EPOCHS
+
+
+def test_trial_bytes_counts_weights_optimizer_state_and_activations():
+    """One Linear(4, 3) on a batch of 2: 15 fp32 weights (60 B) x5 (weights, grads, two
+    optimizer moments, the stacked copy) + its output (2x3 fp32 = 24 B) x2 (saved and its grad)."""
+    from optimlab.engine.packed import pack_limit, trial_bytes
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None)
+    assert trial_bytes(state, (4,), batch_size=2) == 5 * 60 + 2 * 24
+    assert trial_bytes(state, (4,), batch_size=8) == 5 * 60 + 2 * 96
+    assert pack_limit(per_trial=100, free=1000) == 8  # 80 % of the free memory
+    assert pack_limit(per_trial=10**9, free=1) == 1  # a lone trial trains anyway

@@ -184,6 +184,14 @@ def test_run_packed_matches_runs_alone_and_trains_unpackable_runs_one_after_anot
     assert values[:2] == pytest.approx(alone, rel=REL)
     for d in dirs:
         assert json.loads((Path(d) / "summary.json").read_text())["status"] == "completed"
+    # too little free memory for two at once: one line says so, and they train one at a time
+    dirs = [str(tmp_path / f"small{i}") for i in range(2)]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="optimlab.run.packed"):
+        values = run_packed(cfgs, dirs, [[], []], [[], []], free=1)
+    assert "hydra.sweeper.pack: 2 trials do not fit at once on cpu" in caplog.text
+    assert "they train in packs of at most 1" in caplog.text and "as one pack" not in caplog.text
+    assert values == pytest.approx(alone, rel=REL)
 
 
 def test_bad_pack_value_is_one_line_before_anything_is_written(tmp_path):

@@ -100,6 +100,55 @@ def check_packable(states: Sequence[TrainState], cfgs: Sequence[LoopConfig]) -> 
             raise ValueError(f"{what}: they start at epoch {ref.epoch} vs {state.epoch} (a pack starts together)")
 
 
+# --------------------------------------------------------------------------- memory
+
+
+# share of the device's free memory a pack may plan to use (the rest: allocator slack, the eval)
+PACK_MEMORY_SHARE = 0.8
+
+
+def trial_bytes(state: TrainState, image_shape: Sequence[int], batch_size: int, precision: str = "fp32") -> int:
+    """An estimate of the device memory one more trial of a pack needs at its peak: parameters,
+    their gradients and up to two optimizer buffers each (Adam's moments: 4x the parameters),
+    the stacked copies of its parameters and buffers (+1x), and one step's activations, counted
+    as the sizes of every module output of a forward pass on one batch, twice (what autograd
+    saves, and the gradients of the same size the backward pass makes)."""
+    model = state.model
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    buffers = sum(t.numel() * t.element_size() for t in model.buffers())
+    template = template_of(model).eval()  # eval: BatchNorm statistics are not touched
+    seen = [0]
+
+    def count(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            seen[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in template.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            template(torch.zeros((batch_size, *image_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 5 * weights + 2 * buffers + 2 * seen[0]
+
+
+def free_bytes(device: torch.device) -> int:
+    """The memory free for new tensors on ``device`` (host memory for cpu and mps)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def pack_limit(per_trial: int, free: int) -> int:
+    """How many such trials fit in ``free`` bytes at once (at least 1: a lone trial trains anyway)."""
+    return max(1, int(PACK_MEMORY_SHARE * free) // max(1, per_trial))
+
+
 # --------------------------------------------------------------------------- the stacked model
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from optimlab.engine.packed import check_packable, fit_packed
+from optimlab.engine.packed import PACK_MEMORY_SHARE, check_packable, fit_packed, free_bytes, pack_limit, trial_bytes
 from optimlab.errors import OptimlabError
 from optimlab.observe.loggers import Sweep
 from optimlab.run import signals
@@ -34,12 +34,15 @@ def run_packed(
     overrides_list: Sequence[list[str]],
     callbacks_list: Sequence[Sequence[Any]],
     sweeps: Sequence[Sweep | None] | None = None,
+    free: int | None = None,
 ) -> list[Outcome]:
     """Train the (checked) ``cfgs`` together, one folder each; per run, its objective value(s)
     or the exception it ended with (pruned, diverged, failed). A stop signal (Ctrl-C,
     SIGTERM) is raised after every run in the pack has recorded it.
 
-    Runs that cannot share one pack (the engine says what differs) train one after another.
+    Runs that cannot share one pack (the engine says what differs) train one after another;
+    more runs than fit in the device's memory at once (``free`` bytes; None: ask the device)
+    train in several packs, one after another.
     """
     outcomes: list[Outcome] = [None] * len(cfgs)
     ready: list[tuple[int, Prepared]] = []
@@ -61,12 +64,41 @@ def run_packed(
         for i, one in ready:
             outcomes[i] = _alone(one, callbacks_list[i])
         return outcomes
-    log.info("training %d runs as one pack: %s", len(ready), ", ".join(str(one.folder.path.name) for _, one in ready))
+    size = _fitting(ready, data, free)
+    for start in range(0, len(ready), size):
+        chunk = ready[start : start + size]
+        if len(chunk) == 1:
+            (i, one), = chunk
+            outcomes[i] = _alone(one, callbacks_list[i])
+        else:
+            _train_pack(chunk, data, callbacks_list, outcomes)
+    return outcomes
 
+
+def _fitting(ready: list[tuple[int, Prepared]], data, free: int | None) -> int:
+    """The most runs of ``ready`` that train at once in the device's free memory (one line
+    saying so when that is fewer than were asked for)."""
+    one = ready[0][1]
+    per_trial = trial_bytes(one.state, tuple(data.train.x.shape[1:]), one.loop.batch_size, one.loop.precision)
+    free = free_bytes(data.device) if free is None else free
+    size = pack_limit(per_trial, free)
+    if size < len(ready):
+        mib = 2**20
+        log.warning(
+            "hydra.sweeper.pack: %d trials do not fit at once on %s (about %d MiB each, %d MiB free, %d%% of it "
+            "usable): they train in packs of at most %d", len(ready), data.device, per_trial // mib, free // mib,
+            round(100 * PACK_MEMORY_SHARE), size,
+        )  # fmt: skip
+    return size
+
+
+def _train_pack(chunk: list[tuple[int, Prepared]], data, callbacks_list, outcomes: list[Outcome]) -> None:
+    """One pack of prepared runs trained together; each run's outcome in its slot of ``outcomes``."""
+    log.info("training %d runs as one pack: %s", len(chunk), ", ".join(str(one.folder.path.name) for _, one in chunk))
     with signals.stop_signals():
         begun: list[tuple[int, Prepared]] = []
         try:
-            for i, one in ready:
+            for i, one in chunk:
                 try:
                     one.begin()
                 except Exception as e:  # noqa: BLE001 - this run cannot start; the pack goes on
@@ -86,7 +118,6 @@ def run_packed(
             raise
         for (i, one), error in zip(begun, ended):
             outcomes[i] = _finish(one, error)
-    return outcomes
 
 
 def _finish(one: Prepared, error: BaseException | None) -> Outcome:
