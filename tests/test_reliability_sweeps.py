@@ -121,6 +121,22 @@ def test_sigkilled_worker_trial_resumes_on_rerun(tmp_path, kind, reference):
 
 
 @pytest.mark.slow
+def test_a_killed_grid_point_is_continued_on_rerun(tmp_path):
+    """A grid counts a dead attempt's point as visited; the rerun still continues it."""
+    args = ["-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/g", *SPACE[:-3], "hydra.sweeper.plots=false",
+            "hydra/sweeper/sampler=grid", "lr=choice(0.02,0.05)"]  # fmt: skip
+    killed = train_cli(*args, cwd=tmp_path, env={"PYTHONPATH": FAULTS, "OPTIMLAB_KILL_AT": "2:1"})
+    assert killed.returncode == -signal.SIGKILL
+    ok(train_cli(*args, cwd=tmp_path))
+    study = load(lambda: f"sqlite:///{tmp_path / 'multirun' / 'g' / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["lr"] for t in done) == [0.02, 0.05]  # the whole grid, the killed point included
+    (continued,) = [t for t in done if t.user_attrs.get("resume_of") == 0]
+    assert continued.params == study.trials[0].params
+
+
+@pytest.mark.slow
 def test_sigkilled_worker_of_two_on_the_default_journal(tmp_path):
     # n_workers=2 uses the journal file; the worker running trial 0 dies in epoch 2
     args = sweep_args("w", "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=2")

@@ -120,6 +120,15 @@ def continuation_attrs(dead: FrozenTrial) -> dict[str, Any]:
     return attrs
 
 
+def grid_point(dead: FrozenTrial | None) -> dict[str, Any]:
+    """The GridSampler's marks of ``dead`` (its grid point), for the trial that continues it:
+    Optuna's grid sampler gives an enqueued trial none and fails to tell it when it is the
+    grid's last open point."""
+    if dead is None:
+        return {}
+    return {k: dead.system_attrs[k] for k in ("grid_id", "search_space") if k in dead.system_attrs}
+
+
 def resume_source(trials_by_number: dict[int, FrozenTrial], number: int) -> Path | None:
     """The run folder a continuation of attempt ``number`` resumes from: the newest folder
     along the chain of attempts that holds a checkpoint (None: start the params afresh)."""

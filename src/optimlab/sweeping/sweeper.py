@@ -302,7 +302,9 @@ class OptimlabSweeperImpl(Sweeper):
             self._check_failures(trials, session)
             done = sum(t.state in DONE for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            if done < self.n_trials and isinstance(self.sampler, optuna.samplers.GridSampler) and self.sampler.is_exhausted(study):
+            grid = isinstance(self.sampler, optuna.samplers.GridSampler)
+            # a stopped or dead attempt counts as a visited grid point; its continuation is still due
+            if done < self.n_trials and grid and self.sampler.is_exhausted(study) and not attempts.pending(trials, self.max_retry):
                 log.info("The grid is exhausted (%d finished trials)", done)
                 return
             if done >= self.n_trials:
@@ -347,8 +349,12 @@ class OptimlabSweeperImpl(Sweeper):
                 study.enqueue_trial(dict(dead.params), user_attrs=attempts.continuation_attrs(dead))
             batch = [study.ask() for _ in range(max(0, room))]
             owner = attempts.me()
+            by_number = {t.number: t for t in trials}
             for trial in batch:
                 trial.set_user_attr(attempts.OWNER, owner)
+                dead = by_number.get(trial.user_attrs.get(attempts.RESUME_OF))
+                for key, value in attempts.grid_point(dead).items():  # a grid's continuation keeps its point
+                    self.storage_obj.set_trial_system_attr(self._trial_id(trial), key, value)
             return batch
 
     def _job_overrides(self, trial) -> list[str]:
