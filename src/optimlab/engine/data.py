@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import pickle
 import socket
@@ -134,6 +135,42 @@ def load(data: Mapping) -> Splits:
     if limit:  # debug=fast: the first `limit` images of each split
         splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)))
     return splits
+
+
+# The last dataset :func:`load_cached` loaded in this process, by its entry: the trials of a
+# sweep that run in one worker process (the basic launcher) load their dataset once.
+_LOADED: dict[str, Splits] = {}
+
+
+def cache_key(data: Mapping) -> str:
+    """What identifies a loaded dataset: its whole entry (any key may change what loads)."""
+    return json.dumps(_plain(data), sort_keys=True, default=str)
+
+
+def _plain(v):
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def load_cached(data: Mapping) -> Splits:
+    """:func:`load`, served from memory when this process loaded the same entry last.
+
+    One entry is kept (a sweep's trials share one dataset; a new entry replaces it). The
+    splits are shared between runs, so nothing may change them in place: batches are
+    index copies, and placement on another device copies. A loader whose files change on
+    disk between two runs of one process is not seen again: such a process calls
+    :func:`load`.
+    """
+    key = cache_key(data)
+    found = _LOADED.get(key)
+    if found is None:
+        found = load(data)
+        _LOADED.clear()
+        _LOADED[key] = found
+    return found
 
 
 def _tensor(v, what: str, target: str) -> torch.Tensor:

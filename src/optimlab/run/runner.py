@@ -50,7 +50,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
 
 def load_data(cfg: DictConfig, device: torch.device) -> datasets.DeviceData:
     data = cfg.data
-    splits = datasets.load(OmegaConf.to_container(data, resolve=True))
+    splits = datasets.load_cached(OmegaConf.to_container(data, resolve=True))  # a sweep's worker loads it once
     if training_split_size(cfg) is None:  # the config could not tell: check the rules now
         check_training_size(cfg, len(splits.train))
     return datasets.DeviceData(
@@ -97,6 +97,25 @@ class FolderWriter:
             return None
         self.save(state)
         return state.epoch
+
+
+class Timed:
+    """A callback whose ``on_epoch_end`` adds its seconds to ``totals[name]`` (the run's
+    durations); every other attribute is the wrapped callback's."""
+
+    def __init__(self, inner, name: str, totals: dict[str, float]):
+        self.inner, self.name, self.totals = inner, name, totals
+        totals.setdefault(name, 0.0)
+
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.inner.on_epoch_end(result, state)
+        finally:
+            self.totals[self.name] += time.perf_counter() - t0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int) -> list:
@@ -197,7 +216,9 @@ def run(
         precision = resolve_precision(cfg.precision, device)
         summary.update(device=device_info(device), precision=precision)
         seed_everything(cfg.seed, cfg.deterministic)
+        t_data = time.perf_counter()
         data = load_data(cfg, device)
+        t_build = time.perf_counter()
 
         torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -215,6 +236,7 @@ def run(
         if resume is not None:
             resume.checkpoint.restore(state)
             summary["resumed_from"] = resume.info()
+        parts = {"data_s": t_build - t_data, "build_s": time.perf_counter() - t_build}
     except OptimlabError as e:
         record_error(cfg, run_dir, overrides, e)
         raise
@@ -234,11 +256,15 @@ def run(
     setup_s = time.perf_counter() - t_start
     writer, watchers = FolderWriter(folder, cfg, state), []
     t_train = time.perf_counter()
-    t_trained = None
+    t_trained = t_tested = None
 
     def durations() -> dict[str, float]:
         now = time.perf_counter()
-        return {"setup_s": setup_s, "train_s": (t_trained or now) - t_train, "total_s": now - t_start}
+        # within train_s: the training steps, the per-epoch validation, the callbacks (parts)
+        steps = sum(len(data.train) / r.images_per_s for r in state.history if r.images_per_s > 0)
+        epochs = sum(r.seconds for r in state.history)
+        return {"setup_s": setup_s, **parts, "train_s": (t_trained or now) - t_train, "steps_s": steps,
+                "val_s": epochs - steps, "test_s": (t_tested or now) - (t_trained or now), "total_s": now - t_start}
 
     # From the first "running" to the last word, SIGTERM unwinds through the except below:
     # summary.json never says "running" for a process that is gone.
@@ -251,10 +277,15 @@ def run(
                 done = "nothing to train" if state.epoch >= cfg.epochs else "continuing"
                 where = "in place" if resume.in_place else f"from {resume.source}"
                 log.info("resume: %s %s at epoch %d/%d", done, where, state.epoch, cfg.epochs)
+            t_watch = time.perf_counter()
             watchers = observers(cfg, folder, overrides, state, n_train=len(data.train))
-            fit(state, data, loop, callbacks=[writer, *watchers, *callbacks])
+            parts["observers_setup_s"] = time.perf_counter() - t_watch
+            timed = [Timed(writer, "checkpoint_s", parts)]
+            timed += [Timed(w, f"{getattr(w, 'name', type(w).__name__)}_s", parts) for w in watchers]
+            fit(state, data, loop, callbacks=[*timed, *callbacks])
             t_trained = time.perf_counter()
             test_loss, test_acc = evaluate(state.model, data, "test", loop)
+            t_tested = time.perf_counter()
         except BaseException as e:
             stopped = signals.status_of(e)
             error = _storage_error(e, folder)
