@@ -10,12 +10,13 @@ For each seed, in turn:
 
 - ``upstream``: ``hydra/sweeper=optuna`` as a user of hydra-optuna-sweeper gets it (TPE with
   its defaults, the basic launcher, ``n_jobs`` 2), plus ``max_failure_rate=1.0`` (else the first
-  diverged trial ends its sweep), the seed, ``direction=maximize`` and a SQLite storage in the
-  work folder (only so each trial's end time can be read back; the sweep runs the same).
+  diverged trial ends its sweep), the seed and ``direction=maximize``; its study stays in
+  memory, as for its users: each trial's value and end come from its run folder.
 - ``optimlab``: ``sweep=lr_momentum_fast`` with the same seed.
 
 Both run the same ``train.py`` task (``TASK``), the same search space (``SPACE``) and the
-same trial budget (``--trials``). Each trial's end time comes from its Optuna study; a
+same trial budget (``--trials``), with the same ``OMP_NUM_THREADS`` (``--threads``). A
+trial's end is the last write into its run folder; a
 method's best-so-far at time t is the best COMPLETE value among the trials finished by t
 (t from the start of the sweep's process). Time-to-target: the first t at which the
 best-so-far is within ``--tolerance`` (0.5 %) of the best value any method found for that
@@ -55,8 +56,7 @@ def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
         "upstream": [
             "hydra/sweeper=optuna", f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.direction=maximize",
             f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.max_failure_rate=1.0",
-            f"hydra.sweeper.storage=sqlite:///{work / up}.db", f"hydra.sweeper.study_name={up}",
-            f"hydra.sweep.dir={work / up}",
+            f"hydra.sweeper.study_name={up}", f"hydra.sweep.dir={work / up}",
         ],
         "optimlab": [
             f"sweep={PRESET}", f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
@@ -65,9 +65,6 @@ def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def study_db(method: str, seed: int, work: Path) -> tuple[Path, str]:
-    name = f"{method}_{seed}"
-    return (work / f"{name}.db" if method == "upstream" else work / name / "optuna.db"), name
 
 
 def trial_folder(sweep_dir: Path, number: int) -> Path | None:
@@ -75,15 +72,14 @@ def trial_folder(sweep_dir: Path, number: int) -> Path | None:
     return next((p for p in (sweep_dir / f"trial_{number:04d}", sweep_dir / str(number)) if p.is_dir()), None)
 
 
-def read_trials(db: Path, study: str, sweep_dir: Path) -> list[dict]:
-    """Every trial of ``study``: number, state, value, end (epoch seconds), epochs trained.
+STATES = {"completed": "COMPLETE", "pruned": "PRUNED"}  # summary.json status -> study state (others: FAIL)
 
-    A trial's end is the last write into its run folder (summary.json, the final plots):
-    the study's own completion time would be late for the upstream sweeper, which asks
-    and tells ``n_jobs`` trials at a time."""
+
+def study_rows(db: Path, study: str) -> list[tuple]:
+    """(number, state, completion time, value) of each trial in an optimlab study."""
     con = sqlite3.connect(db)
     try:
-        rows = con.execute(
+        return con.execute(
             "SELECT t.number, t.state, t.datetime_complete, v.value "
             "FROM trials t JOIN studies s ON s.study_id = t.study_id "
             "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
@@ -91,6 +87,27 @@ def read_trials(db: Path, study: str, sweep_dir: Path) -> list[dict]:
         ).fetchall()  # fmt: skip
     finally:
         con.close()
+
+
+def folder_rows(sweep_dir: Path) -> list[tuple]:
+    """The same from the trial folders' summary.json: the upstream sweeper keeps its study in
+    memory (what its users get) and writes only the best to optimization_results.yaml."""
+    rows = []
+    for folder in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        summary = folder / "summary.json"
+        s = json.loads(summary.read_text()) if summary.is_file() else {}
+        state = STATES.get(s.get("status"), "FAIL")
+        rows.append((int(folder.name), state, None, (s.get("objective") or {}).get("value") if state == "COMPLETE" else None))
+    return rows
+
+
+def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
+    """Every trial of a sweep: number, state, value, end (epoch seconds), epochs trained.
+
+    A trial's end is the last write into its run folder (summary.json, the final plots),
+    on both sides: the study's own completion time would be late for the upstream
+    sweeper, which asks and tells ``n_jobs`` trials at a time."""
+    rows = folder_rows(sweep_dir) if method == "upstream" else study_rows(sweep_dir / "optuna.db", study)
     out = []
     for n, state, complete, value in rows:
         folder = trial_folder(sweep_dir, n)
@@ -121,9 +138,17 @@ def time_to(curve: list[tuple[float, float]], target: float) -> float:
 THREADS = {"OMP_NUM_THREADS": "1"}  # --threads: the same for both methods
 
 
+def child_env() -> dict[str, str]:
+    # Python writes the bytecode of what it imports (as on a usual install): with
+    # PYTHONDONTWRITEBYTECODE=1 and an environment installed without bytecode (uv's default),
+    # every process would compile torch, optuna, hydra... from source again
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **THREADS}
+
+
 def run_one(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **THREADS})
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=child_env())
     return t0, time.time() - t0, proc
 
 
@@ -230,7 +255,7 @@ def random_search(n: int, work: Path) -> None:
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"random search: exit {proc.returncode}")
-    trials = read_trials(work / "random" / "optuna.db", "random", work / "random")
+    trials = read_trials("optimlab", work / "random", "random")
     values = sorted((t["value"] for t in trials if t["state"] == "COMPLETE"), reverse=True)
     best = values[0]
     print(f"random search, {len(trials)} trials ({counts(trials)}), {wall:.0f} s: best {best:.4f}")
@@ -255,6 +280,7 @@ def main() -> None:
     ap.add_argument("--random", type=int, metavar="N", help="only a random search of N trials over the space")
     ap.add_argument("--work", type=Path, help="work folder (default: a new temp folder)")
     ap.add_argument("--json", type=Path, help="write every trial's times and values here")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up sweep of each method")
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both methods' processes (1: steady on a "
                     "shared CPU, where 2-thread OpenMP barriers stall; '' for torch's default)")
     ap.add_argument("extra", nargs="*", help="train.py overrides after the task's, e.g. epochs=3 model=lenet")
@@ -273,6 +299,10 @@ def main() -> None:
     if args.random:
         return random_search(args.random, work)
 
+    if not args.no_warmup:  # untimed: bytecode written, files in the page cache, for both methods alike
+        for method, extra in methods(10_000, 2, work / "warmup").items():
+            _, wall, proc = run_one([sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE, "epochs=1"], work)
+            print(f"warm-up {method}: {wall:.1f} s (exit {proc.returncode})", flush=True)
     results: dict[str, list[dict]] = {m: [] for m in args.only}
     for seed in args.seeds:
         for method, extra in methods(seed, args.trials, work).items():
@@ -283,14 +313,17 @@ def main() -> None:
             if proc.returncode != 0:
                 print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{method} seed {seed}: exit {proc.returncode}\n{shlex.join(cmd)}")
-            db, name = study_db(method, seed, work)
-            trials = read_trials(db, name, work / name)
+            name = f"{method}_{seed}"
+            trials = read_trials(method, work / name, name)
             curve = best_so_far(trials, t0)
+            ends = [t["end"] for t in trials if t["end"] is not None]
             r = {"seed": seed, "wall": wall, "best": curve[-1][1] if curve else math.nan, "curve": curve,
+                 "first_end": min(ends) - t0 if ends else math.nan, "after_last": t0 + wall - max(ends) if ends else math.nan,
                  "epochs": sum(t["epochs"] for t in trials), "cmd": shlex.join(cmd[1:]),
                  "trials": [{k: v for k, v in t.items() if k != "folder"} for t in trials]}  # fmt: skip
             results[method].append(r)
             print(f"seed {seed} {method:9s} {wall:7.1f} s  best {r['best']:.4f}  epochs trained {r['epochs']:3d}  "
+                  f"first trial done at {r['first_end']:.1f} s, after the last {r['after_last']:.1f} s  "
                   f"trials: {counts(trials)}", flush=True)  # fmt: skip
             if args.breakdown:
                 print_breakdown(f"seed {seed} {method}", breakdown(trials, t0))
@@ -329,6 +362,9 @@ def summarize(results: dict[str, list[dict]], args) -> None:
           f"optimlab {med([o['best'] for o in ol]):.4f}; median time-to-target ratio {med(ttt_ratios):.2f} "
           f"(optimlab reached the target in {reached}/{len(ol)} seeds); epochs trained, median: "
           f"upstream {med([u['epochs'] for u in up])}, optimlab {med([o['epochs'] for o in ol])}")  # fmt: skip
+    for m, rs in results.items():
+        print(f"{m}: median first trial done at {med([r['first_end'] for r in rs]):.1f} s; median time after the "
+              f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s")  # fmt: skip
     if args.plot and str(args.plot):
         title = (f"{len(up)} seeds, {args.trials} trials each: digits, LeNet, 9 epochs, lr × momentum\n"
                  f"median wall-time ratio {med(ratios):.2f}, median time-to-target ratio {med(ttt_ratios):.2f}")  # fmt: skip

@@ -35,6 +35,14 @@ def test_the_data_cache_serves_the_same_tensors_for_the_same_entry_only():
     assert datasets.load_cached(DIGITS) is not first  # one entry kept: the first was replaced
 
 
+def test_digits_read_without_sklearn_are_sklearns_digits():
+    from sklearn.datasets import load_digits
+
+    images, target = datasets.read_sklearn_digits()
+    bunch = load_digits()
+    assert (images == bunch.images).all() and (target == bunch.target).all() and images.shape == (1797, 8, 8)
+
+
 BRACKETS = """
 import json, types, optuna
 pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
