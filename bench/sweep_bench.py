@@ -159,8 +159,20 @@ def counts(trials: list[dict]) -> str:
     return " ".join(f"{n} {s}" for s, n in sorted(found.items()))
 
 
+def ttt_ratio(mine: float, theirs: float) -> float:
+    """optimlab's time-to-target over upstream's: 0 when only optimlab reached it, inf when
+    only upstream did, nan when neither did."""
+    if math.isinf(mine) and math.isinf(theirs):
+        return math.nan
+    return 0.0 if math.isinf(theirs) else mine / theirs
+
+
+def fmt_r(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.2f}"
+
+
 def fmt_s(x: float) -> str:
-    return "—" if not math.isfinite(x) else f"{x:.1f}"
+    return "not reached" if not math.isfinite(x) else f"{x:.1f}"
 
 
 # --------------------------------------------------------------------------- breakdown
@@ -215,7 +227,7 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, li
             for s, v in curve:
                 ys[i, grid >= s] = v
             ys[i, grid > walls[method][i]] = np.nan if not curve else ys[i, grid <= walls[method][i]][-1]
-        have = np.sum(~np.isnan(ys), axis=0) * 2 > len(runs)
+        have = np.all(~np.isnan(ys), axis=0)  # the median once every seed has a COMPLETE trial
         with np.errstate(all="ignore"):
             import warnings
 
@@ -224,12 +236,12 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, li
                 med, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
         c = colors.get(method)
         ax.plot(grid[have], med[have], color=c, ls=styles.get(method, "-"), lw=2, label=f"{method}: median of {len(runs)} seeds")
-        ax.fill_between(grid, lo, hi, where=~np.isnan(lo), color=c, alpha=0.18, label=f"{method}: min–max over seeds")
+        ax.fill_between(grid, lo, hi, where=~np.isnan(lo), color=c, alpha=0.15, label=f"{method}: min–max over seeds")
         ax.axvline(statistics.median(walls[method]), color=c, ls=":", lw=1.2)
     finals = [v for runs in curves.values() for curve in runs for _, v in curve[-1:]]
     if finals:
         ax.set_ylim(max(min(finals) - 0.06, 0), min(max(finals) + 0.01, 1.0))
-    ax.set_xlabel("wall time since the sweep started (s); dotted: median sweep end")
+    ax.set_xlabel("wall time since the sweep's process started (s); dotted: median end of the sweep")
     ax.set_ylabel("best val_acc so far (COMPLETE trials)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -280,6 +292,7 @@ def main() -> None:
     ap.add_argument("--random", type=int, metavar="N", help="only a random search of N trials over the space")
     ap.add_argument("--work", type=Path, help="work folder (default: a new temp folder)")
     ap.add_argument("--json", type=Path, help="write every trial's times and values here")
+    ap.add_argument("--from-json", type=Path, help="print the tables and draw the plot of a run saved with --json")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up sweep of each method")
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both methods' processes (1: steady on a "
                     "shared CPU, where 2-thread OpenMP barriers stall; '' for torch's default)")
@@ -303,6 +316,10 @@ def main() -> None:
         for method, extra in methods(10_000, 2, work / "warmup").items():
             _, wall, proc = run_one([sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE, "epochs=1"], work)
             print(f"warm-up {method}: {wall:.1f} s (exit {proc.returncode})", flush=True)
+    if args.from_json:  # the tables and the plot again, from a saved run
+        results = json.loads(args.from_json.read_text())
+        args.trials = len(results["upstream"][0]["trials"])
+        return summarize(results, args)
     results: dict[str, list[dict]] = {m: [] for m in args.only}
     for seed in args.seeds:
         for method, extra in methods(seed, args.trials, work).items():
@@ -343,16 +360,17 @@ def summarize(results: dict[str, list[dict]], args) -> None:
     for u, o in zip(up, ol):
         target = max(u["best"], o["best"]) * (1 - args.tolerance)
         tu, to = time_to(u["curve"], target), time_to(o["curve"], target)
-        ratio, tr = o["wall"] / u["wall"], to / tu if math.isfinite(tu) else math.nan
+        ratio, tr = o["wall"] / u["wall"], ttt_ratio(to, tu)
         ratios.append(ratio)
         ttt_ratios.append(tr)
         ttts["upstream"].append(tu)
         ttts["optimlab"].append(to)
         print(f"| {u['seed']} | {u['wall']:.1f} | {o['wall']:.1f} | {ratio:.2f} | {u['best']:.4f} | {o['best']:.4f} | "
-              f"{target:.4f} | {fmt_s(tu)} | {fmt_s(to)} | {tr:.2f} |")  # fmt: skip
+              f"{target:.4f} | {fmt_s(tu)} | {fmt_s(to)} | {fmt_r(tr)} |")  # fmt: skip
 
-    def med(xs):
-        return statistics.median(xs)
+    def med(xs):  # a target never reached counts as later than any time (inf); nan: neither reached
+        xs = [x for x in xs if not math.isnan(x)]
+        return statistics.median(sorted(xs)) if xs else math.nan
 
     print(f"| **median** | {med([u['wall'] for u in up]):.1f} | {med([o['wall'] for o in ol]):.1f} | "
           f"**{med(ratios):.2f}** | {med([u['best'] for u in up]):.4f} | {med([o['best'] for o in ol]):.4f} | | "
