@@ -84,7 +84,7 @@ def test_the_fast_preset_prunes_and_writes_no_per_trial_plots(tmp_path):
     assert "PRUNED" in states and "COMPLETE" in states and len(trials) >= 6, states
     assert 1 in trials[0].intermediate_values  # values from epoch 1 of the first trial
     for t in trials:
-        if t.state.name == "PRUNED":
+        if t.state.name == "PRUNED":  # stopped before its last epoch: never pruned once trained in full
             assert max(t.intermediate_values) < 3
         folder = tmp_path / "multirun" / "s" / f"trial_{t.number:04d}"
         if t.state.name != "FAIL":  # a diverged trial stops at its first NaN step, before any checkpoint
