@@ -383,7 +383,7 @@ def summarize(results: dict[str, list[dict]], args) -> None:
     for m, rs in results.items():
         print(f"{m}: median first trial done at {med([r['first_end'] for r in rs]):.1f} s; median time after the "
               f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s")  # fmt: skip
-    if args.plot and str(args.plot):
+    if args.plot and str(args.plot) not in ("", "."):  # --plot '': no plot
         title = (f"{len(up)} seeds, {args.trials} trials each: digits, LeNet, 9 epochs, lr × momentum\n"
                  f"median wall-time ratio {med(ratios):.2f}, median time-to-target ratio {med(ttt_ratios):.2f}")  # fmt: skip
         plot({m: [r["curve"] for r in rs] for m, rs in results.items()},
