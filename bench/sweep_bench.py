@@ -1,65 +1,394 @@
-"""Wall time of one 12-trial digits sweep: without vs with pruning, 1 vs 2 workers.
+"""Upstream sweeper vs optimlab's fast preset: wall time, best value and time-to-target,
+interleaved per sampler seed, in one invocation.
 
-    uv run python bench/sweep_bench.py            # all four, in a temp folder
-    uv run python bench/sweep_bench.py --epochs 4 --trials 12 --model lenet
+    uv run python bench/sweep_bench.py                     # the default benchmark (5 seeds)
+    uv run python bench/sweep_bench.py --seeds 0 1 --trials 8
+    uv run python bench/sweep_bench.py --breakdown         # + where a trial's wall time goes
+    uv run python bench/sweep_bench.py --random 30         # random search: does the search matter?
 
-Every variant runs the same command (same seed, same search space, same epochs per
-trial) into a fresh study and prints the wall time and the best value it reached.
+For each seed, in turn:
+
+- ``upstream``: ``hydra/sweeper=optuna`` as a user of hydra-optuna-sweeper gets it (TPE with
+  its defaults, the basic launcher, ``n_jobs`` 2), plus ``max_failure_rate=1.0`` (else the first
+  diverged trial ends its sweep), the seed and ``direction=maximize``; its study stays in
+  memory, as for its users: each trial's value and end come from its run folder.
+- ``optimlab``: ``sweep=lr_momentum_fast`` with the same seed.
+
+Both run the same ``train.py`` task (``TASK``), the same search space (``SPACE``) and the
+same trial budget (``--trials``), with the same ``OMP_NUM_THREADS`` (``--threads``). A
+trial's end is the last write into its run folder; a
+method's best-so-far at time t is the best COMPLETE value among the trials finished by t
+(t from the start of the sweep's process). Time-to-target: the first t at which the
+best-so-far is within ``--tolerance`` (0.5 %) of the best value any method found for that
+seed. The plot (``--plot``) shows best-so-far vs wall time per method: the median over
+seeds and the min–max band.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import platform
 import shlex
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VARIANTS = {
-    "no pruning, 1 worker": ["hydra/sweeper/pruner=none", "hydra.sweeper.n_workers=1"],
-    "median pruning, 1 worker": ["hydra/sweeper/pruner=median", "hydra.sweeper.n_workers=1"],
-    "no pruning, 2 workers": ["hydra/sweeper/pruner=none", "hydra.sweeper.n_workers=2"],
-    "median pruning, 2 workers": ["hydra/sweeper/pruner=median", "hydra.sweeper.n_workers=2"],
-}
+# the task both sweepers run: digits, 500 held-out validation images (a steadier objective
+# and a smaller training split: the search matters, see --random), 9 epochs
+TASK = ["model=lenet", "optimizer=momentum", "data=digits", "data.val_size=500", "epochs=9", "device=cpu", "quiet=true"]
+SPACE = ["lr=tag(log, interval(1e-4, 0.1))", "momentum=interval(0.0, 0.95)"]
+PRESET = "lr_momentum_fast"
+
+
+def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
+    up, ol = f"upstream_{seed}", f"optimlab_{seed}"
+    return {
+        "upstream": [
+            "hydra/sweeper=optuna", f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.direction=maximize",
+            f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.max_failure_rate=1.0",
+            f"hydra.sweeper.study_name={up}", f"hydra.sweep.dir={work / up}",
+        ],
+        "optimlab": [
+            f"sweep={PRESET}", f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
+            "hydra.sweeper.max_failures=null", f"hydra.sweeper.study_name={ol}", f"hydra.sweep.dir={work / ol}",
+        ],
+    }  # fmt: skip
+
+
+
+
+def trial_folder(sweep_dir: Path, number: int) -> Path | None:
+    """optimlab names trial folders trial_0007; the upstream sweeper by job number (= trial number)."""
+    return next((p for p in (sweep_dir / f"trial_{number:04d}", sweep_dir / str(number)) if p.is_dir()), None)
+
+
+STATES = {"completed": "COMPLETE", "pruned": "PRUNED"}  # summary.json status -> study state (others: FAIL)
+
+
+def study_rows(db: Path, study: str) -> list[tuple]:
+    """(number, state, completion time, value) of each trial in an optimlab study."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT t.number, t.state, t.datetime_complete, v.value "
+            "FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+            "WHERE s.study_name = ? ORDER BY t.number", (study,)
+        ).fetchall()  # fmt: skip
+    finally:
+        con.close()
+
+
+def folder_rows(sweep_dir: Path) -> list[tuple]:
+    """The same from the trial folders' summary.json: the upstream sweeper keeps its study in
+    memory (what its users get) and writes only the best to optimization_results.yaml."""
+    rows = []
+    for folder in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        summary = folder / "summary.json"
+        s = json.loads(summary.read_text()) if summary.is_file() else {}
+        state = STATES.get(s.get("status"), "FAIL")
+        rows.append((int(folder.name), state, None, (s.get("objective") or {}).get("value") if state == "COMPLETE" else None))
+    return rows
+
+
+def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
+    """Every trial of a sweep: number, state, value, end (epoch seconds), epochs trained.
+
+    A trial's end is the last write into its run folder (summary.json, the final plots),
+    on both sides: the study's own completion time would be late for the upstream
+    sweeper, which asks and tells ``n_jobs`` trials at a time."""
+    rows = folder_rows(sweep_dir) if method == "upstream" else study_rows(sweep_dir / "optuna.db", study)
+    out = []
+    for n, state, complete, value in rows:
+        folder = trial_folder(sweep_dir, n)
+        files = [f for f in folder.rglob("*") if f.is_file() and f.name != ".lock"] if folder else []
+        end = max((f.stat().st_mtime for f in files), default=None)
+        if end is None and complete:  # Optuna stores naive local times (datetime.now())
+            end = datetime.fromisoformat(complete).timestamp()
+        metrics = folder / "metrics.csv" if folder else None
+        epochs = len(metrics.read_text().strip().splitlines()) - 1 if metrics and metrics.is_file() else 0
+        out.append({"number": n, "state": state, "end": end, "value": value, "epochs": epochs, "folder": folder})
+    return out
+
+
+def best_so_far(trials: list[dict], t0: float) -> list[tuple[float, float]]:
+    """(seconds since t0, best COMPLETE value so far) at each improvement."""
+    out, best = [], -math.inf
+    for t in sorted((t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None), key=lambda t: t["end"]):
+        if t["value"] > best:
+            best = t["value"]
+            out.append((t["end"] - t0, best))
+    return out
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float:
+    return next((s for s, v in curve if v >= target), math.inf)
+
+
+THREADS = {"OMP_NUM_THREADS": "1"}  # --threads: the same for both methods
+
+
+def child_env() -> dict[str, str]:
+    # Python writes the bytecode of what it imports (as on a usual install): with
+    # PYTHONDONTWRITEBYTECODE=1 and an environment installed without bytecode (uv's default),
+    # every process would compile torch, optuna, hydra... from source again
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **THREADS}
+
+
+def run_one(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=child_env())
+    return t0, time.time() - t0, proc
+
+
+def counts(trials: list[dict]) -> str:
+    found: dict[str, int] = {}
+    for t in trials:
+        found[t["state"]] = found.get(t["state"], 0) + 1
+    return " ".join(f"{n} {s}" for s, n in sorted(found.items()))
+
+
+def ttt_ratio(mine: float, theirs: float) -> float:
+    """optimlab's time-to-target over upstream's: 0 when only optimlab reached it, inf when
+    only upstream did, nan when neither did."""
+    if math.isinf(mine) and math.isinf(theirs):
+        return math.nan
+    return 0.0 if math.isinf(theirs) else mine / theirs
+
+
+def fmt_r(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.2f}"
+
+
+def fmt_s(x: float) -> str:
+    return "not reached" if not math.isfinite(x) else f"{x:.1f}"
+
+
+# --------------------------------------------------------------------------- breakdown
+
+
+def breakdown(trials: list[dict], t0: float) -> dict:
+    """Median seconds per trial of each part of a trial's wall time: the durations its
+    summary.json records, and what lies outside the run (Hydra's job set-up, the sampler,
+    the storage, the end-of-run plots): the time since the previous trial ended (the
+    process start, for the first) minus the run's total_s."""
+    parts: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
+    prev = t0
+    for t in sorted((t for t in trials if t["end"] is not None), key=lambda t: t["end"]):
+        summary = t["folder"] / "summary.json" if t["folder"] else None
+        d = json.loads(summary.read_text()).get("durations") or {} if summary and summary.is_file() else {}
+        row = {k: v for k, v in d.items() if isinstance(v, (int, float))}
+        row["trial wall (previous trial's end → this end)"] = t["end"] - prev
+        row["outside the run (Hydra job, sampler, storage, end plots)"] = t["end"] - prev - d.get("total_s", 0.0)
+        prev = t["end"]
+        if not first:
+            first = row
+        for k, v in row.items():
+            parts.setdefault(k, []).append(v)
+    return {"median": {k: statistics.median(v) for k, v in parts.items()}, "first": first, "n": len(trials)}
+
+
+def print_breakdown(name: str, b: dict) -> None:
+    print(f"\n{name}: seconds per trial, median of {b['n']} trials (first trial)")
+    for k, v in b["median"].items():
+        print(f"  {k:48s} {v:7.3f}   ({b['first'].get(k, math.nan):.3f})")
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    horizon = max(max(w) for w in walls.values())
+    grid = np.linspace(0, horizon, 400)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    colors = {"upstream": "tab:orange", "optimlab": "tab:blue"}
+    styles = {"upstream": "--", "optimlab": "-"}
+    for method, runs in curves.items():
+        ys = np.full((len(runs), len(grid)), np.nan)
+        for i, curve in enumerate(runs):
+            for s, v in curve:
+                ys[i, grid >= s] = v
+            ys[i, grid > walls[method][i]] = np.nan if not curve else ys[i, grid <= walls[method][i]][-1]
+        have = np.all(~np.isnan(ys), axis=0)  # the median once every seed has a COMPLETE trial
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        c = colors.get(method)
+        ax.plot(grid[have], med[have], color=c, ls=styles.get(method, "-"), lw=2, label=f"{method}: median of {len(runs)} seeds")
+        ax.fill_between(grid, lo, hi, where=~np.isnan(lo), color=c, alpha=0.15, label=f"{method}: min–max over seeds")
+        ax.axvline(statistics.median(walls[method]), color=c, ls=":", lw=1.2)
+    finals = [v for runs in curves.values() for curve in runs for _, v in curve[-1:]]
+    if finals:
+        ax.set_ylim(max(min(finals) - 0.06, 0), min(max(finals) + 0.01, 1.0))
+    ax.set_xlabel("wall time since the sweep's process started (s); dotted: median end of the sweep")
+    ax.set_ylabel("best val_acc so far (COMPLETE trials)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- random search
+
+
+def random_search(n: int, work: Path) -> None:
+    """n random trials over SPACE on TASK (no pruning): how many land within 1 % of the best."""
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=optimlab", "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=none", f"hydra.sweeper.n_trials={n}",
+        "hydra.sweeper.max_failures=null", "hydra.sweeper.plots=false", "hydra.sweeper.study_name=random",
+        f"hydra.sweep.dir={work / 'random'}", "tensorboard=false", "plots=false", *TASK, *SPACE,
+    ]  # fmt: skip
+    _, wall, proc = run_one(cmd, work)
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"random search: exit {proc.returncode}")
+    trials = read_trials("optimlab", work / "random", "random")
+    values = sorted((t["value"] for t in trials if t["state"] == "COMPLETE"), reverse=True)
+    best = values[0]
+    print(f"random search, {len(trials)} trials ({counts(trials)}), {wall:.0f} s: best {best:.4f}")
+    print("| within | trials | share |\n|---|---|---|")
+    for tol in (0.005, 0.01, 0.02, 0.05):
+        k = sum(v >= best * (1 - tol) for v in values)
+        print(f"| {tol:.1%} of the best | {k} | {k / len(trials):.0%} |")
+    print("values:", " ".join(f"{v:.3f}" for v in values))
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--model", default="lenet")
-    ap.add_argument("--only", nargs="*", help="variant names (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--trials", type=int, default=16, help="trial budget of each sweep")
+    ap.add_argument("--tolerance", type=float, default=0.005, help="time-to-target: within this share of the best")
+    ap.add_argument("--only", choices=["upstream", "optimlab"], nargs="+", default=["upstream", "optimlab"])
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "sweep_time_to_target.png", help="'' for none")
+    ap.add_argument("--breakdown", action="store_true", help="print where a trial's wall time goes, per method")
+    ap.add_argument("--random", type=int, metavar="N", help="only a random search of N trials over the space")
+    ap.add_argument("--work", type=Path, help="work folder (default: a new temp folder)")
+    ap.add_argument("--json", type=Path, help="write every trial's times and values here")
+    ap.add_argument("--from-json", type=Path, help="print the tables and draw the plot of a run saved with --json")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up sweep of each method")
+    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both methods' processes (1: steady on a "
+                    "shared CPU, where 2-thread OpenMP barriers stall; '' for torch's default)")
+    ap.add_argument("extra", nargs="*", help="train.py overrides after the task's, e.g. epochs=3 model=lenet")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="optimlab-sweep-bench-"))
-    rows = []
-    for i, (name, extra) in enumerate(VARIANTS.items()):
-        if args.only and name not in args.only:
-            continue
-        cmd = [
-            "python", "train.py", "-m", "sweep=lr_momentum", "data=digits", f"model={args.model}",
-            f"epochs={args.epochs}", "device=cpu", "quiet=true", "tensorboard=false", "plots=false",
-            f"hydra.sweeper.n_trials={args.trials}", "hydra.sweeper.plots=false",
-            f"hydra.sweeper.study_name=bench{i}", "hydra.sweeper.max_failures=null", *extra,
-        ]  # fmt: skip
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *cmd[2:]], cwd=work,
-                              capture_output=True, text=True)  # fmt: skip
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-            raise SystemExit(f"{name}: exit {proc.returncode}")
-        results = yaml.safe_load((work / "multirun" / f"bench{i}" / "optimization_results.yaml").read_text())
-        rows.append((name, wall, results["best_value"], results["trials"], shlex.join(cmd)))
-        print(f"{name:28s} {wall:7.1f} s  best val_acc {results['best_value']:.4f}  {results['trials']}", flush=True)
-    print()
-    for name, wall, best, trials, cmd in rows:
-        print(f"| {name} | {wall:.1f} | {best:.4f} | {trials} | `{cmd}` |")
+    TASK.extend(args.extra)
+    if args.threads:
+        THREADS["OMP_NUM_THREADS"] = args.threads
+    else:
+        THREADS.clear()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="optimlab-sweep-bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with open("/proc/loadavg") if os.path.exists("/proc/loadavg") else open(os.devnull) as f:
+        load = f.read().split()[:3]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {' '.join(load)}, work {work}")
+    print("task:", shlex.join([*TASK, *SPACE]), "|", " ".join(f"{k}={v}" for k, v in THREADS.items()), flush=True)
+    if args.random:
+        return random_search(args.random, work)
+
+    if not args.no_warmup:  # untimed: bytecode written, files in the page cache, for both methods alike
+        for method, extra in methods(10_000, 2, work / "warmup").items():
+            _, wall, proc = run_one([sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE, "epochs=1"], work)
+            print(f"warm-up {method}: {wall:.1f} s (exit {proc.returncode})", flush=True)
+    if args.from_json:  # the tables and the plot again, from a saved run
+        results = json.loads(args.from_json.read_text())
+        args.trials = len(results["upstream"][0]["trials"])
+        return summarize(results, args)
+    results: dict[str, list[dict]] = {m: [] for m in args.only}
+    for seed in args.seeds:
+        for method, extra in methods(seed, args.trials, work).items():
+            if method not in args.only:
+                continue
+            cmd = [sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE]
+            t0, wall, proc = run_one(cmd, work)
+            if proc.returncode != 0:
+                print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{method} seed {seed}: exit {proc.returncode}\n{shlex.join(cmd)}")
+            name = f"{method}_{seed}"
+            trials = read_trials(method, work / name, name)
+            curve = best_so_far(trials, t0)
+            ends = [t["end"] for t in trials if t["end"] is not None]
+            r = {"seed": seed, "wall": wall, "best": curve[-1][1] if curve else math.nan, "curve": curve,
+                 "first_end": min(ends) - t0 if ends else math.nan, "after_last": t0 + wall - max(ends) if ends else math.nan,
+                 "epochs": sum(t["epochs"] for t in trials), "cmd": shlex.join(cmd[1:]),
+                 "trials": [{k: v for k, v in t.items() if k != "folder"} for t in trials]}  # fmt: skip
+            results[method].append(r)
+            print(f"seed {seed} {method:9s} {wall:7.1f} s  best {r['best']:.4f}  epochs trained {r['epochs']:3d}  "
+                  f"first trial done at {r['first_end']:.1f} s, after the last {r['after_last']:.1f} s  "
+                  f"trials: {counts(trials)}", flush=True)  # fmt: skip
+            if args.breakdown:
+                print_breakdown(f"seed {seed} {method}", breakdown(trials, t0))
+
+    if len(results) == 2:
+        summarize(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def summarize(results: dict[str, list[dict]], args) -> None:
+    up, ol = results["upstream"], results["optimlab"]
+    print("\n| seed | upstream s | optimlab s | ratio | upstream best | optimlab best | target | "
+          "upstream time-to-target s | optimlab time-to-target s | ttt ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ratios, ttt_ratios, ttts = [], [], {"upstream": [], "optimlab": []}
+    for u, o in zip(up, ol):
+        target = max(u["best"], o["best"]) * (1 - args.tolerance)
+        tu, to = time_to(u["curve"], target), time_to(o["curve"], target)
+        ratio, tr = o["wall"] / u["wall"], ttt_ratio(to, tu)
+        ratios.append(ratio)
+        ttt_ratios.append(tr)
+        ttts["upstream"].append(tu)
+        ttts["optimlab"].append(to)
+        print(f"| {u['seed']} | {u['wall']:.1f} | {o['wall']:.1f} | {ratio:.2f} | {u['best']:.4f} | {o['best']:.4f} | "
+              f"{target:.4f} | {fmt_s(tu)} | {fmt_s(to)} | {fmt_r(tr)} |")  # fmt: skip
+
+    def med(xs):  # a target never reached counts as later than any time (inf); nan: neither reached
+        xs = [x for x in xs if not math.isnan(x)]
+        return statistics.median(sorted(xs)) if xs else math.nan
+
+    print(f"| **median** | {med([u['wall'] for u in up]):.1f} | {med([o['wall'] for o in ol]):.1f} | "
+          f"**{med(ratios):.2f}** | {med([u['best'] for u in up]):.4f} | {med([o['best'] for o in ol]):.4f} | | "
+          f"{fmt_s(med(ttts['upstream']))} | {fmt_s(med(ttts['optimlab']))} | **{med(ttt_ratios):.2f}** |")  # fmt: skip
+    reached = sum(math.isfinite(t) for t in ttts["optimlab"])
+    print(f"\nmedian wall-time ratio {med(ratios):.2f}; median best: upstream {med([u['best'] for u in up]):.4f}, "
+          f"optimlab {med([o['best'] for o in ol]):.4f}; median time-to-target ratio {med(ttt_ratios):.2f} "
+          f"(optimlab reached the target in {reached}/{len(ol)} seeds); epochs trained, median: "
+          f"upstream {med([u['epochs'] for u in up])}, optimlab {med([o['epochs'] for o in ol])}")  # fmt: skip
+    for m, rs in results.items():
+        print(f"{m}: median first trial done at {med([r['first_end'] for r in rs]):.1f} s; median time after the "
+              f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s")  # fmt: skip
+    if args.plot and str(args.plot) not in ("", "."):  # --plot '': no plot
+        title = (f"{len(up)} seeds, {args.trials} trials each: digits, LeNet, 9 epochs, lr × momentum\n"
+                 f"median wall-time ratio {med(ratios):.2f}, median time-to-target ratio {med(ttt_ratios):.2f}")  # fmt: skip
+        plot({m: [r["curve"] for r in rs] for m, rs in results.items()},
+             {m: [r["wall"] for r in rs] for m, rs in results.items()}, args.plot, title)  # fmt: skip
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -185,12 +185,24 @@ def check_training_size(cfg: DictConfig, n_train: int) -> None:
             )
 
 
+# _model_fits' answers in this process: the trials of a sweep in one worker ask about one model
+_FITS: dict[tuple[str, int, int], str | None] = {}
+
+
 def _model_fits(model_cfg: DictConfig, channels: int, size: int) -> str | None:
     """Why the model cannot take ``channels``×``size``×``size`` images (None: it can).
 
     Asks the model itself: it is built and run on torch's meta device (shapes only, no
     memory, no arithmetic), so any model, the user's own included, is judged by its layers.
+    The answer is kept for the same model config and image shape.
     """
+    key = (OmegaConf.to_yaml(model_cfg, resolve=True), channels, size)
+    if key not in _FITS:
+        _FITS[key] = _ask_model(model_cfg, channels, size)
+    return _FITS[key]
+
+
+def _ask_model(model_cfg: DictConfig, channels: int, size: int) -> str | None:
     import torch
     from hydra.utils import instantiate
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import pickle
 import socket
@@ -134,6 +135,42 @@ def load(data: Mapping) -> Splits:
     if limit:  # debug=fast: the first `limit` images of each split
         splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)))
     return splits
+
+
+# The last dataset :func:`load_cached` loaded in this process, by its entry: the trials of a
+# sweep that run in one worker process (the basic launcher) load their dataset once.
+_LOADED: dict[str, Splits] = {}
+
+
+def cache_key(data: Mapping) -> str:
+    """What identifies a loaded dataset: its whole entry (any key may change what loads)."""
+    return json.dumps(_plain(data), sort_keys=True, default=str)
+
+
+def _plain(v):
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def load_cached(data: Mapping) -> Splits:
+    """:func:`load`, served from memory when this process loaded the same entry last.
+
+    One entry is kept (a sweep's trials share one dataset; a new entry replaces it). The
+    splits are shared between runs, so nothing may change them in place: batches are
+    index copies, and placement on another device copies. A loader whose files change on
+    disk between two runs of one process is not seen again: such a process calls
+    :func:`load`.
+    """
+    key = cache_key(data)
+    found = _LOADED.get(key)
+    if found is None:
+        found = load(data)
+        _LOADED.clear()
+        _LOADED[key] = found
+    return found
 
 
 def _tensor(v, what: str, target: str) -> torch.Tensor:
@@ -330,15 +367,32 @@ def load_cifar10(root: str, download: bool, val_size: float, split_seed: int) ->
 
 
 @facts(num_classes=10, train_pool=1797, held_out=("test_size", "val_size"))
-def load_digits(channels: int, image_size: int, test_size: int, val_size: int, split_seed: int) -> Splits:
-    from sklearn.datasets import load_digits as sk_digits
+def read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (images (1797, 8, 8) in 0..16, labels), read from its
+    CSV without importing scikit-learn (which costs about a second, more on a busy CPU)."""
+    import gzip
+    import importlib.util
 
-    bunch = sk_digits()
-    x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    spec = importlib.util.find_spec("sklearn")
+    where = [Path(p) / "datasets" / "data" / "digits.csv.gz" for p in (spec.submodule_search_locations or [])] if spec else []
+    path = next((p for p in where if p.is_file()), None)
+    if path is None:  # another layout: scikit-learn's own loader
+        from sklearn.datasets import load_digits as sk_digits
+
+        bunch = sk_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
+def load_digits(channels: int, image_size: int, test_size: int, val_size: int, split_seed: int) -> Splits:
+    images, target = read_sklearn_digits()
+    x = torch.from_numpy(images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = x.repeat(1, channels, 1, 1)
-    full = Split((x * 255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(bunch.target).long())
+    full = Split((x * 255).round().clamp(0, 255).to(torch.uint8), torch.from_numpy(target).long())
     rest, test = split_off(full, held_count(test_size, len(full)), split_seed)
     train, val = split_off(rest, held_count(val_size, len(full)), split_seed + 1)
     return Splits(train, val, test)

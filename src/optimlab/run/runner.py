@@ -52,7 +52,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
 
 def load_data(cfg: DictConfig, device: torch.device) -> datasets.DeviceData:
     data = cfg.data
-    splits = datasets.load(OmegaConf.to_container(data, resolve=True))
+    splits = datasets.load_cached(OmegaConf.to_container(data, resolve=True))  # a sweep's worker loads it once
     if training_split_size(cfg) is None:  # the config could not tell: check the rules now
         check_training_size(cfg, len(splits.train))
     return datasets.DeviceData(
@@ -99,6 +99,25 @@ class FolderWriter:
             return None
         self.save(state)
         return state.epoch
+
+
+class Timed:
+    """A callback whose ``on_epoch_end`` adds its seconds to ``totals[name]`` (the run's
+    durations); every other attribute is the wrapped callback's."""
+
+    def __init__(self, inner, name: str, totals: dict[str, float]):
+        self.inner, self.name, self.totals = inner, name, totals
+        totals.setdefault(name, 0.0)
+
+    def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.inner.on_epoch_end(result, state)
+        finally:
+            self.totals[self.name] += time.perf_counter() - t0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int,
@@ -212,11 +231,18 @@ class Prepared:
     watchers: list = field(default_factory=list)
     t_train: float = 0.0
     t_trained: float | None = None
+    t_tested: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)  # setup and callback seconds, by part
     sweep: Sweep | None = None  # the study this run is a trial of (loggers group its trials)
 
     def durations(self) -> dict[str, float]:
         now = time.perf_counter()
-        return {"setup_s": self.setup_s, "train_s": (self.t_trained or now) - self.t_train, "total_s": now - self.t_start}
+        # within train_s: the training steps, the per-epoch validation, the callbacks (parts)
+        steps = sum(len(self.data.train) / r.images_per_s for r in self.state.history if r.images_per_s > 0)
+        epochs = sum(r.seconds for r in self.state.history)
+        trained = self.t_trained or now
+        return {"setup_s": self.setup_s, **self.parts, "train_s": trained - self.t_train, "steps_s": steps,
+                "val_s": epochs - steps, "test_s": (self.t_tested or now) - trained, "total_s": now - self.t_start}
 
     def begin(self) -> None:
         """The first "running" summary.json (inside :func:`signals.stop_signals`), then the observers."""
@@ -227,11 +253,16 @@ class Prepared:
             done = "nothing to train" if self.state.epoch >= self.cfg.epochs else "continuing"
             where = "in place" if self.resume.in_place else f"from {self.resume.source}"
             log.info("resume: %s %s at epoch %d/%d", done, where, self.state.epoch, self.cfg.epochs)
+        t_watch = time.perf_counter()
         self.watchers = observers(self.cfg, self.folder, self.overrides, self.state, n_train=len(self.data.train),
                                   sweep=self.sweep)  # fmt: skip
+        self.parts["observers_setup_s"] = time.perf_counter() - t_watch
 
     def callbacks(self, extra=()) -> list:
-        return [self.writer, *self.watchers, *extra]
+        """The folder writer and the observers, each timed into ``parts``, then ``extra``."""
+        timed = [Timed(self.writer, "checkpoint_s", self.parts)]
+        timed += [Timed(w, f"{getattr(w, 'name', type(w).__name__)}_s", self.parts) for w in self.watchers]
+        return [*timed, *extra]
 
     def failed(self, e: BaseException) -> BaseException:
         """Record how the run ended on ``e`` (stop signal, divergence, pruning, error): the last
@@ -261,7 +292,9 @@ class Prepared:
     def test(self) -> tuple[float, float]:
         """Right after training: the clock stops, the test split is evaluated (loss, accuracy)."""
         self.t_trained = time.perf_counter()
-        return evaluate(self.state.model, self.data, "test", self.loop)
+        tested = evaluate(self.state.model, self.data, "test", self.loop)
+        self.t_tested = time.perf_counter()
+        return tested
 
     def completed(self, test_loss: float, test_acc: float) -> float | tuple[float, ...]:
         """The final summary of a run that trained all its epochs; its objective."""
@@ -293,8 +326,10 @@ def prepare(
         precision = resolve_precision(cfg.precision, device)
         summary.update(device=device_info(device), precision=precision)
         seed_everything(cfg.seed, cfg.deterministic)
+        t_data = time.perf_counter()
         if data is None:
             data = load_data(cfg, device)
+        t_build = time.perf_counter()
 
         torch.manual_seed(cfg.seed)  # the same init whatever the data loading consumed
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -312,6 +347,7 @@ def prepare(
         if resume is not None:
             resume.checkpoint.restore(state)
             summary["resumed_from"] = resume.info()
+        parts = {"data_s": t_build - t_data, "build_s": time.perf_counter() - t_build}
     except OptimlabError as e:
         record_error(cfg, run_dir, overrides, e)
         raise
@@ -329,7 +365,7 @@ def prepare(
         summary["resumed_from"] = previous.get("resumed_from") or resume.info()
         summary["requeued"] = [*previous.get("requeued", []), {"epoch": resume.epoch, "at": now_iso()}]
     prepared = Prepared(cfg, folder, overrides, summary, data, state, loop, resume, t_start,
-                        setup_s=time.perf_counter() - t_start, sweep=sweep)  # fmt: skip
+                        setup_s=time.perf_counter() - t_start, sweep=sweep, parts=parts)  # fmt: skip
     prepared.writer = FolderWriter(folder, cfg, state)
     prepared.t_train = time.perf_counter()
     return prepared

@@ -54,8 +54,8 @@ class PruningCallback:
     Reporting is a service to the study, never a reason for the trial to fail: if the
     storage refuses a report, the trial logs it once and trains on unpruned."""
 
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.broken = trial, metric, False
+    def __init__(self, trial, metric: str, last_epoch: int | None = None):
+        self.trial, self.metric, self.broken, self.last_epoch = trial, metric, False, last_epoch
 
     def on_epoch_end(self, result, state) -> None:
         value = getattr(result, self.metric)
@@ -63,7 +63,9 @@ class PruningCallback:
             return  # the loop reports divergence itself
         try:
             self.trial.report(value, result.epoch)
-            prune = self.trial.should_prune()
+            # after the last epoch stopping saves nothing: the trial completes with its value
+            # (successive halving's rung at epoch 9 of 9 would otherwise discard a finished trial)
+            prune = result.epoch != self.last_epoch and self.trial.should_prune()
         except Exception as e:  # noqa: BLE001
             self.broken = True
             log.warning("trial %d: cannot report epoch %d to the study (%s: %s); it runs on without pruning",
@@ -96,4 +98,4 @@ def trial_callbacks(cfg) -> list:
     except Exception as e:  # noqa: BLE001 - the sweeper records the trial's result whatever happens here
         log.warning("trial %d: no per-epoch reports to the study (%s: %s)", link.number, type(e).__name__, e)
         return []
-    return [PruningCallback(trial, cfg.objective.metric)]
+    return [PruningCallback(trial, cfg.objective.metric, last_epoch=cfg.epochs)]

@@ -86,9 +86,16 @@ class Stop:
             self._in_job = False
 
 
+# Workers of one sweep hash strings alike (unless the user chose a PYTHONHASHSEED): whatever
+# a sampler or pruner derives from ``hash()`` agrees across them. Optuna's HyperbandPruner
+# assigned a trial's bracket from hash(study name + trial number) before it used crc32
+# (optuna issue #3083), so two workers could disagree on the bracket of one trial.
+HASH_SEED = "0"
+
+
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """The environment of a worker this process starts."""
-    return {**env, PARENT_ENV: str(os.getpid())}
+    return {"PYTHONHASHSEED": HASH_SEED, **env, PARENT_ENV: str(os.getpid())}
 
 
 def die_with_parent(stop: Stop) -> None:
