@@ -46,6 +46,7 @@ from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
 from optimlab.sweeping import attempts, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
+from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import TrialLink, make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
@@ -146,6 +147,8 @@ class OptimlabSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ setup
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        # the jobs of a search differ in values only: each shape is composed once (sweeping/compose.py)
+        hydra_context = HydraContext(config_loader=ComposeCache(hydra_context.config_loader), callbacks=hydra_context.callbacks)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
