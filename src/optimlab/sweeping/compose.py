@@ -31,9 +31,11 @@ class ComposeCache:
 
     def __init__(self, loader) -> None:
         self.loader = loader
-        self.templates: dict[tuple, DictConfig] = {}
+        self.templates: dict[tuple, tuple[DictConfig, dict[str, str]]] = {}  # shape -> (config, group choices)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "templates"):  # not set yet (unpickling in a launcher's process)
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
