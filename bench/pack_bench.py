@@ -39,6 +39,7 @@ from optimlab.engine import data as datasets  # noqa: E402
 from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
 from optimlab.engine.packed import fit_packed  # noqa: E402
 from optimlab.engine.training import LoopConfig, TrainState, fit  # noqa: E402
+from optimlab.run.provenance import device_info  # noqa: E402
 
 MODELS = {"tudui": TuduiCNN, "fastnet": FastNet}
 SHAPES = {"digits": (1, 32), "cifar": (3, 32)}  # (channels, image size)
@@ -212,16 +213,6 @@ def worker(args: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args["worker"]:
@@ -239,7 +230,7 @@ def main(argv: list[str]) -> None:
     if device.type == "cuda":
         print(f" ({torch.cuda.get_device_name(device)})")
     else:
-        print(f" ({cpu_name()}, {'AVX-512' if 'avx512f' in flags else 'no AVX-512'}, {torch.get_num_threads()} threads)")
+        print(f" ({device_info(torch.device('cpu'))['name']}, {'AVX-512' if 'avx512f' in flags else 'no AVX-512'}, {torch.get_num_threads()} threads)")
     print(f"# batch_size {args['batch_size']}  train_size {args['train_size']}  epochs {args['epochs']}  "
           f"precision {args['precision']}  workers (b) {args['workers']}")  # fmt: skip
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -40,7 +40,7 @@ from torch.func import functional_call, vmap
 
 from optimlab.engine.data import DeviceData
 from optimlab.engine.metrics import EpochResult
-from optimlab.engine.training import Callback, LoopConfig, TrainState, _check_finite, autocast, evaluate
+from optimlab.engine.training import Callback, LoopConfig, TrainState, _check_finite, autocast, end_epoch, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -387,12 +387,7 @@ def fit_packed(
         leaving: dict[int, BaseException] = {}
         for state, (val_loss, val_acc) in zip(list(pack.states), metrics):
             key = id(state)
-            cfg = cfgs_of[key]
-            if cfg.interval == "epoch":
-                state.scheduler.step()
-            elif cfg.interval == "metric":
-                state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
-            state.epoch += 1
+            end_epoch(state, cfgs_of[key], val_loss, val_acc)
             result = EpochResult(
                 epoch=state.epoch,
                 lr=lrs[key],

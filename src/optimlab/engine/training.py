@@ -177,6 +177,15 @@ def train_one_epoch(
     return float((step_losses * step_sizes).sum() / step_sizes.sum())
 
 
+def end_epoch(state: TrainState, cfg: LoopConfig, val_loss: float, val_acc: float) -> None:
+    """The scheduler's step at an epoch's end (per epoch, or on the monitored metric); the epoch counts."""
+    if cfg.interval == "epoch":
+        state.scheduler.step()
+    elif cfg.interval == "metric":
+        state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
+    state.epoch += 1
+
+
 def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Train from ``state.epoch`` up to ``cfg.epochs``; callbacks see every finished epoch."""
     loss_fn = nn.CrossEntropyLoss()
@@ -197,11 +206,7 @@ def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequenc
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(state.model, data, "val", cfg)
-        if cfg.interval == "epoch":
-            state.scheduler.step()
-        elif cfg.interval == "metric":
-            state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
-        state.epoch += 1
+        end_epoch(state, cfg, val_loss, val_acc)
         result = EpochResult(
             epoch=state.epoch,
             lr=lr,
