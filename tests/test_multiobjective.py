@@ -234,7 +234,7 @@ def test_a_report_the_study_refuses_never_fails_the_trial():
 
     study = optuna.create_study(directions=["maximize", "minimize"])  # Trial.report raises here
     trial = study.ask()
-    callback = PruningCallback(trial, "val_acc")
+    callback = PruningCallback(trial, "val_acc", last_epoch=2)
     for epoch in (1, 2):  # no exception; the first refusal turns reporting off
         callback.on_epoch_end(SimpleNamespace(epoch=epoch, val_acc=0.5), None)
     assert callback.broken and study.trials[0].intermediate_values == {}

@@ -98,6 +98,47 @@ def test_packed_trials_equal_unpacked_ones(sweeps):
     assert diverged.user_attrs["fail_reason"].startswith("Diverged: ")
 
 
+def test_the_pruning_rule_never_prunes_after_the_last_epoch():
+    """One rule for solo and packed trials (``PruningCallback.for_run``): a pruner that
+    would prune every epoch prunes before the last one, never at it."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from optimlab.errors import Pruned
+    from optimlab.sweeping.pruning import PruningCallback
+
+    cfg = OmegaConf.create({"epochs": 3, "objective": {"metric": "val_acc"}})
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    callback = PruningCallback.for_run(study.ask(), cfg)
+    with pytest.raises(Pruned, match="after epoch 2"):
+        callback.on_epoch_end(SimpleNamespace(epoch=2, val_acc=0.5), None)
+    callback.on_epoch_end(SimpleNamespace(epoch=3, val_acc=0.5), None)  # the last epoch: no Pruned
+
+
+def test_every_trial_gets_its_pruning_callback_from_the_one_rule():
+    """The packed path once built its callback without the last epoch and pruned finished
+    trials; every PruningCallback of a run now comes from ``for_run``."""
+    src = Path(__file__).resolve().parents[1] / "src" / "optimlab"
+    built = [f for f in src.rglob("*.py") if "PruningCallback(" in f.read_text()]
+    assert built == [], built
+
+
+@pytest.mark.slow
+def test_a_packed_trial_is_never_pruned_at_its_last_epoch(tmp_path):
+    """A pruner whose first prunable step is the last epoch (epochs=3, n_warmup_steps=3,
+    a threshold no trial reaches) prunes nothing, packed or not: every trial completes."""
+    args = ["epochs=3", "hydra.sweeper.n_trials=4", "lr=choice(0.001,0.03,0.1,0.3)", "batch_size=32",
+            "hydra.sweeper.pruner.lower=2.0", "hydra.sweeper.pruner.n_warmup_steps=3"]  # fmt: skip
+    packed, alone = sweep(tmp_path, "last_packed", *args, "hydra.sweeper.pack=4"), sweep(tmp_path, "last_alone", *args)
+    ok(packed)
+    ok(alone)
+    states = {name: {t.params["lr"]: t.state.name for t in load(tmp_path, name).trials} for name in ("last_packed", "last_alone")}
+    assert states["last_packed"] == states["last_alone"]
+    assert set(states["last_packed"].values()) == {"COMPLETE"}, states
+    assert any("pack" in t.user_attrs for t in load(tmp_path, "last_packed").trials), "nothing was packed"
+
+
 @pytest.mark.slow
 def test_packs_never_mix_shape_changing_keys_and_auto_does_not_pack_on_cpu(sweeps):
     cwd, packed_proc, auto_proc = sweeps

@@ -205,7 +205,7 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
                 with env_override(env):
                     outcomes = run_packed(
                         [j.cfg for j in packed], [j.run_dir for j in packed], [j.task_overrides for j in packed],
-                        [[] if multi else [PruningCallback(j.trial, j.cfg.objective.metric)] for j in packed],
+                        [[] if multi else [PruningCallback.for_run(j.trial, j.cfg)] for j in packed],
                         [Sweep(study=sweeper.study_name, trial=j.trial.number, storage=sweeper.storage_url) for j in packed],
                     )  # fmt: skip
                 for job, outcome in zip(packed, outcomes):

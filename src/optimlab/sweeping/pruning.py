@@ -54,8 +54,14 @@ class PruningCallback:
     Reporting is a service to the study, never a reason for the trial to fail: if the
     storage refuses a report, the trial logs it once and trains on unpruned."""
 
-    def __init__(self, trial, metric: str, last_epoch: int | None = None):
+    def __init__(self, trial, metric: str, *, last_epoch: int):
         self.trial, self.metric, self.broken, self.last_epoch = trial, metric, False, last_epoch
+
+    @classmethod
+    def for_run(cls, trial, cfg) -> PruningCallback:
+        """THE pruning rule of a trial's run, solo or packed: the objective's metric each
+        epoch, never pruned after the config's last epoch."""
+        return cls(trial, cfg.objective.metric, last_epoch=cfg.epochs)
 
     def on_epoch_end(self, result, state) -> None:
         value = getattr(result, self.metric)
@@ -98,4 +104,4 @@ def trial_callbacks(cfg) -> list:
     except Exception as e:  # noqa: BLE001 - the sweeper records the trial's result whatever happens here
         log.warning("trial %d: no per-epoch reports to the study (%s: %s)", link.number, type(e).__name__, e)
         return []
-    return [PruningCallback(trial, cfg.objective.metric, last_epoch=cfg.epochs)]
+    return [PruningCallback.for_run(trial, cfg)]
