@@ -121,3 +121,31 @@ def test_only_the_folder_module_names_the_run_files():
             if isinstance(node, ast.ImportFrom) and node.module == FOLDER_OWNER:
                 taken = {a.name for a in node.names} & set(OWNED_CONSTANTS)
                 assert not taken, f"{name} imports {sorted(taken)}: read and write them through RunFolder"
+
+
+# facts with one owner module: (what the owner defines, the owner)
+STORAGE_ERRNO_NAMES = ("ENOSPC", "EDQUOT", "EROFS", "EPERM")  # EACCES is also a lock's "held", in run/lock.py
+ONE_OWNER = {"DIRECTIONS": "optimlab.objective", "STORAGE_ERRNOS": "optimlab.errors"}
+
+
+def test_the_storage_errno_list_lives_in_errors_only():
+    for name, path in MODULES.items():
+        if name == "optimlab.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "errno":
+                assert node.attr not in STORAGE_ERRNO_NAMES, f"{name} names errno.{node.attr}: use optimlab.errors"
+
+
+def test_shared_constants_are_assigned_by_their_owner_only():
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    owner = ONE_OWNER.get(getattr(target, "id", None))
+                    if owner is None or name == owner:
+                        continue
+                    # an alias of the owner's own value (NAME = owner.NAME) is an import, not a copy
+                    alias = isinstance(node.value, ast.Attribute) and node.value.attr == target.id
+                    assert alias, f"{name} defines {target.id} again: import it from {owner}"

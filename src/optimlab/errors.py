@@ -41,14 +41,16 @@ class FolderTaken(ConfigError):
     """The run folder holds another run's results (or is a sweep's folder): nothing is written there."""
 
 
-# errno -> what to tell the user
-_STORAGE_HINTS = {
+# THE errno list of "the run folder cannot be written": errno -> what to tell the user
+STORAGE_HINTS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
 }
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+STORAGE_ERRNOS = tuple(STORAGE_HINTS)
 
 
 class StorageError(OptimlabError):
@@ -56,10 +58,10 @@ class StorageError(OptimlabError):
 
     @classmethod
     def of(cls, path: Path | str, error: OSError) -> StorageError:
-        why = _STORAGE_HINTS.get(error.errno, error.strerror or type(error).__name__)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = STORAGE_HINTS.get(error.errno, error.strerror or type(error).__name__)
+        if error.errno in DISK_FULL:
             todo = "free some space there; the last checkpoint is intact, continue with resume=<run folder>"
-        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        elif error.errno in STORAGE_ERRNOS:
             todo = "choose a folder you can write (hydra.run.dir=... / hydra.sweep.dir=...)"
         else:
             todo = "check the file system"

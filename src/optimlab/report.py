@@ -35,7 +35,6 @@ from optimlab.run.folder import RunFolder
 
 REPORT_CSV = "report.csv"
 REPORT_PNG = "report.png"
-FINAL_STATES = ("completed", "diverged", "pruned", "failed", "interrupted", "invalid_config")
 
 
 @dataclass

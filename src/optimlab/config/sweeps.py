@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optimlab.config.checks import validate
 from optimlab.config.hints import closest
 from optimlab.errors import ConfigError
+from optimlab.objective import DIRECTIONS
 
 try:  # Hydra >= 1.1
     from hydra.experimental.callback import Callback
@@ -277,7 +278,6 @@ SWEEPER_BOUNDS = {
     "n_trials": (1, False), "n_jobs": (1, False), "n_workers": (1, False), "max_failures": (0, True),
     "max_retry": (0, False), "heartbeat_interval": (1, True), "grace_period": (1, True),
 }  # fmt: skip
-DIRECTIONS = ("minimize", "maximize")
 
 
 def check_sweeper(sweeper: DictConfig) -> None:

@@ -7,7 +7,6 @@ is the ``callbacks`` argument of :func:`run`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from optimlab.config.checks import check_training_size, training_split_size
 from optimlab.engine import data as datasets
 from optimlab.engine.devices import resolve_device, resolve_precision, seed_everything
 from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evaluate, fit
-from optimlab.errors import OptimlabError, StorageError
+from optimlab.errors import STORAGE_ERRNOS, OptimlabError, StorageError
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.progress import ConsoleProgress
 from optimlab.observe.loggers import Guarded, Sweep
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # Keys of a scheduler config that are optimlab's, not the scheduler class's.
 SCHEDULER_KEYS = ("interval", "monitor")
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 # --------------------------------------------------------------------------- building blocks

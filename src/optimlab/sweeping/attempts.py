@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 OWNER = "owner"  # {"host", "pid", "started"} of the worker process that claimed the trial
 RESUMABLE = "resumable"  # set on a FAIL attempt whose trial must go on from its checkpoint
 RESUME_OF = "resume_of"  # on a continuation: the number of the attempt it continues
+RESUME_REASON = "resume_reason"  # on a continuation: why the attempt it continues was failed
 DEATHS = "deaths"  # on a continuation: how many attempts of this trial died (not signals)
 DIED = "died"  # the status of an attempt whose process vanished (summary.json and trials.csv)
 
@@ -116,7 +117,7 @@ def continuation_attrs(dead: FrozenTrial) -> dict[str, Any]:
     """User attrs of the trial that continues ``dead``."""
     attrs: dict[str, Any] = {RESUME_OF: dead.number, DEATHS: deaths(dead)}
     if "fail_reason" not in dead.user_attrs:
-        attrs["resume_reason"] = "no heartbeat from its worker (" + died_reason(dead.user_attrs.get(OWNER) or {}) + ")"
+        attrs[RESUME_REASON] = "no heartbeat from its worker (" + died_reason(dead.user_attrs.get(OWNER) or {}) + ")"
     return attrs
 
 

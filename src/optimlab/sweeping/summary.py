@@ -21,6 +21,7 @@ from optimlab import objective
 from optimlab.config import overrides as ovr
 from optimlab.files import atomic_write_bytes, atomic_write_text
 from optimlab.observe.tables import render
+from optimlab.sweeping.attempts import RESUME_OF, RESUME_REASON
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     every = study.get_trials(deepcopy=False)
     trials = [t for t in every if t.state.name != "WAITING"]
     # an attempt failed by Optuna's heartbeat check has its reason on the trial that continues it
-    later = {t.user_attrs["resume_of"]: t.user_attrs.get("resume_reason") for t in every if "resume_of" in t.user_attrs}
+    later = {t.user_attrs[RESUME_OF]: t.user_attrs.get(RESUME_REASON) for t in every if RESUME_OF in t.user_attrs}
     names = sorted({p for t in trials for p in t.params})
     multi = len(study.directions) > 1
     front = pareto_numbers(study)
