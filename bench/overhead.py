@@ -65,7 +65,7 @@ def child(argv: list[str]) -> None:
         stamp("composed")
         validate(cfg)
         from optimlab.engine import data as datasets
-        from optimlab import runner  # what cli.main imports next anyway
+        from optimlab.run import runner  # noqa: F401  (what cli.main imports next anyway)
 
         stamp("runner_imported")
         load, place, batches = datasets.load, datasets.DeviceData.__init__, datasets.DeviceData.train_batches

@@ -149,3 +149,18 @@ def test_shared_constants_are_assigned_by_their_owner_only():
                     # an alias of the owner's own value (NAME = owner.NAME) is an import, not a copy
                     alias = isinstance(node.value, ast.Attribute) and node.value.attr == target.id
                     assert alias, f"{name} defines {target.id} again: import it from {owner}"
+
+
+def test_the_bench_scripts_import_what_exists():
+    """bench/ imports optimlab inside its functions, so a moved module breaks a benchmark
+    only when it runs: every ``from optimlab... import name`` there must resolve."""
+    import importlib
+    import importlib.util
+
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "optimlab":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                    assert found, f"{script.name}: from {node.module} import {alias.name}"
