@@ -28,6 +28,7 @@ LAYERS = {
     "optimlab.sweeping": 4,
     "optimlab.cli": 5, "optimlab.report": 5,
     "optimlab.rerun": 6,  # the re-run entry point runs the CLI's task
+    "optimlab.__main__": 6,  # python -m optimlab: the CLI
 }  # fmt: skip
 
 

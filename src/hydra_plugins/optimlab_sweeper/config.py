@@ -2,11 +2,13 @@
 async workers, failure limits and heartbeats. Registered in Hydra's ConfigStore."""
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from optimlab.sweeping.upstream import OptunaSweeperConf
 from omegaconf import MISSING
+
+from optimlab.config.sweeps import OPTIMLAB_SWEEPER
+from hydra_plugins.optimlab_sweeper import samplers  # noqa: F401  (registers hydra/sweeper/sampler=…)
 
 
 @dataclass
@@ -62,11 +64,20 @@ class ThresholdPrunerConfig(PrunerConfig):
 
 
 @dataclass
-class OptimlabSweeperConf(OptunaSweeperConf):
-    _target_: str = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
+class OptimlabSweeperConf:
+    _target_: str = OPTIMLAB_SWEEPER
     # sampler and pruner are built by the sweeper (per worker seed), not by Hydra
     _recursive_: bool = False
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+
+    # hydra-optuna-sweeper's keys, with its meaning (README, "Differences from hydra-optuna-sweeper")
+    sampler: Any = MISSING
+    # key=choice(…)/range(…)/interval(…) lines; the command line's sweeps add to them
+    params: Optional[Dict[str, str]] = None
+    # deprecated upstream: {key: {type, low, high, log, step, choices}}, read only without params
+    search_space: Optional[Dict[str, Any]] = None
+    # "module.function": (cfg, trial) -> None adds (conditional) params of its own
+    custom_search_space: Optional[str] = None
 
     pruner: Any = MISSING
     # null: the run's objective.direction
@@ -87,11 +98,12 @@ class OptimlabSweeperConf(OptunaSweeperConf):
     pack: Any = 1
     # asynchronous worker processes started by this command, each ask → run → tell
     n_workers: int = 1
-    # stop when this sweep's failed trials exceed max_failures, or their share of the
-    # trials this sweep finished exceeds max_failure_rate; max_failures=null: stop only
-    # when n_trials trials in a row failed
-    max_failures: Optional[int] = 5
-    max_failure_rate: float = 1.0
+    # max_failure_rate, as upstream: stop when the share of failed trials among those this
+    # sweep finished exceeds it (1.0: failures never stop the sweep). max_failures: stop when
+    # more trials than this failed; auto: 5, or no count limit when max_failure_rate is set;
+    # null: no count limit. Without a limit a sweep stops after n_trials failures in a row.
+    max_failures: Any = "auto"
+    max_failure_rate: Optional[float] = None
     # RDB storages: a worker's running trial sends a heartbeat every heartbeat_interval s;
     # after grace_period s without one it is marked FAIL. On every storage a worker marks
     # FAIL the trials of dead workers on its host (owner pid gone). Such a trial continues

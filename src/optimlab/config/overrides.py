@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -53,3 +55,17 @@ def quote(value: Any) -> str:
     text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
     text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
     return "'" + text + "'"
+
+
+def program() -> list[str]:
+    """The command this process was started as, to print a command that runs again the same
+    way: ``python app.py`` (as typed, e.g. ``python src/train.py``), ``python -m optimlab``,
+    an ``optimlab-train`` console script; ``python train.py`` otherwise (a test runner)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "train.py"
+    path = Path(argv0)
+    package = Path(__file__).resolve().parents[1]
+    if path.suffix == ".py" and path.resolve().parent == package:
+        return ["python", "-m", "optimlab"] if path.name == "__main__.py" else ["python", "train.py"]
+    if path.suffix == ".py":
+        return ["python", argv0]
+    return [path.name] if path.name.startswith("optimlab-") else ["python", "train.py"]

@@ -267,10 +267,19 @@ class SweepChecks(Callback):
                 f"pick a group option that uses it (optimizer=momentum, nesterov, adam, adamw, rmsprop) or drop {key} from the sweep"
             )
         _objective_count(config, sweeper)
-        if isinstance(sweeper, DictConfig):
-            check_sweeper(sweeper)
-            for what in ("sampler", "pruner"):
-                _check_target(sweeper.get(what), what)
+        # optimlab's sweeper checks its own settings (also in apps without this callback)
+        if isinstance(sweeper, DictConfig) and sweeper.get("_target_") != OPTIMLAB_SWEEPER:
+            check_settings(sweeper)
+
+
+OPTIMLAB_SWEEPER = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
+
+
+def check_settings(sweeper: DictConfig) -> None:
+    """``hydra.sweeper``'s keys, its sampler and its pruner (one line for the first bad one)."""
+    check_sweeper(sweeper)
+    for what in ("sampler", "pruner"):
+        _check_target(sweeper.get(what), what)
 
 
 # hydra.sweeper keys with a lower bound: key -> (smallest allowed value, null allowed)
@@ -286,10 +295,10 @@ def check_sweeper(sweeper: DictConfig) -> None:
         if key not in sweeper:
             continue
         value = sweeper.get(key)
-        if value is None and nullable:
+        if (value is None and nullable) or (key == "max_failures" and value == "auto"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            allowed = f"an integer >= {low}" + (" or null" if nullable else "")
+            allowed = f"an integer >= {low}" + (" or null" if nullable else "") + (", or auto" if key == "max_failures" else "")
             raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be {allowed}")
     if "pack" in sweeper:
         check_pack(sweeper.get("pack"))

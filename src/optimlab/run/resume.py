@@ -304,7 +304,9 @@ def _sweep_command(path: Path) -> str | None:
         lines = [str(o) for o in (*overrides.hydra, *overrides.task) if not str(o).startswith("hydra.mode=")]
     except Exception:  # noqa: BLE001 - no or odd multirun.yaml: the hint goes without the command
         return None
-    return shlex.join(["python", "train.py", "-m", *lines])
+    from optimlab.config.overrides import program
+
+    return shlex.join([*program(), "-m", *lines])
 
 
 def _check_belongs(folder: RunFolder, ckpt: Checkpoint) -> None:

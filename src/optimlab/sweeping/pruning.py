@@ -1,5 +1,6 @@
 """The one hook between a sweep and the training loop: report each epoch's value to the
-trial, stop when the pruner says so.
+trial, stop when the pruner says so. :func:`current_trial` hands the same trial to any
+Hydra app's own loop.
 
 The sweeper hands each job its trial through one environment variable of the job
 (``hydra.job.env_set``), so this works in any process (in-process, joblib, submitit);
@@ -81,11 +82,28 @@ class PruningCallback:
             raise Pruned(f"pruned after epoch {result.epoch} ({self.metric}={value:.4g})")
 
 
-def trial_callbacks(cfg) -> list:
-    """The callbacks a run needs when it is a trial of an optimlab sweep (else none)."""
+def current_trial():
+    """The live ``optuna.trial.Trial`` of the sweep job running now; None outside a job of
+    ``hydra/sweeper=optimlab``. Works in any Hydra app: ``trial.report(value, step)`` and
+    ``trial.should_prune()`` (then ``raise optuna.TrialPruned()``), or hand it to
+    optuna-integration's ``PyTorchLightningPruningCallback(trial, monitor=...)``.
+
+    The trial is rebuilt from the study's storage with the sweep's own pruner, once per job.
+    If the storage cannot be reached the job gets None (one warning line) and runs unpruned.
+    """
     link = TrialLink.from_env()
     if link is None:
-        return []
+        return None
+    if _live.get("link") != link:
+        _live.clear()
+        _live.update(link=link, trial=_load(link))
+    return _live["trial"]
+
+
+_live: dict[str, Any] = {}  # this process's job: its link and trial (a sweep runs jobs one after another)
+
+
+def _load(link: TrialLink):
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
@@ -93,15 +111,42 @@ def trial_callbacks(cfg) -> list:
 
     try:
         storage = open_storage(link.storage)
+        pruner = HydraConfig.get().sweeper.get("pruner") if HydraConfig.initialized() else None
         study = optuna.load_study(
-            study_name=link.study, storage=storage, pruner=make_pruner(HydraConfig.get().sweeper.get("pruner")),
-            sampler=optuna.samplers.RandomSampler(),
+            study_name=link.study, storage=storage, pruner=make_pruner(pruner), sampler=optuna.samplers.RandomSampler(),
         )  # fmt: skip
-        if len(study.directions) > 1:
-            return []  # Optuna cannot prune (or take intermediate values of) multi-objective trials
         study_id = storage.get_study_id_from_name(link.study)
-        trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.number))
+        return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.number))
     except Exception as e:  # noqa: BLE001 - the sweeper records the trial's result whatever happens here
         log.warning("trial %d: no per-epoch reports to the study (%s: %s)", link.number, type(e).__name__, e)
+        return None
+
+
+TRIAL_RESOLVER = "optimlab.trial"
+
+
+def trial_resolver():
+    """``${optimlab.trial:}`` in a config: :func:`current_trial`, for a callback built from YAML
+    (``PyTorchLightningPruningCallback``'s ``trial``); a clear error outside a sweep's job."""
+    trial = current_trial()
+    if trial is None:
+        raise ValueError(f"${{{TRIAL_RESOLVER}:}} has no trial: it is set only in the jobs of a sweep with "
+                         "hydra/sweeper=optimlab (and when the study's storage can be reached)")  # fmt: skip
+    return trial
+
+
+def register_resolver() -> None:
+    """Make ``${optimlab.trial:}`` available (idempotent; cheap: nothing is imported)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(TRIAL_RESOLVER):
+        OmegaConf.register_new_resolver(TRIAL_RESOLVER, trial_resolver)
+
+
+def trial_callbacks(cfg) -> list:
+    """The callbacks a run needs when it is a trial of an optimlab sweep (else none)."""
+    trial = current_trial()
+    # Optuna cannot prune (or take intermediate values of) multi-objective trials
+    if trial is None or len(trial.study.directions) > 1:
         return []
     return [PruningCallback.for_run(trial, cfg)]

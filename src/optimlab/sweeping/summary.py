@@ -11,7 +11,6 @@ import io
 import logging
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +81,12 @@ def trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
-def program() -> str:
-    """The script a sweep runs (``train.py`` for optimlab's own, ``app.py`` for ``python app.py -m …``)."""
-    name = Path(sys.argv[0]).name
-    return name if name.endswith(".py") and name != "cli.py" else "train.py"
-
-
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
-    """``python train.py …`` that re-runs a trial as a single run."""
+    """The sweep's own command (``python train.py``, ``python app.py``, …) that re-runs a
+    trial as a single run."""
     parts = ovr.without_keys(base_overrides, params)
     parts += [f"{k}={_fmt(v)}" for k, v in params.items()]
-    return shlex.join(["python", program(), *parts])
+    return shlex.join([*ovr.program(), *parts])
 
 
 def _fmt(v: Any) -> str:

@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from optimlab import objective as objectives
 from optimlab.config import overrides as ovr
-from optimlab.config.sweeps import SweepConfigError, check_objectives, check_pack, refuse
+from optimlab.config.sweeps import SweepConfigError, check_objectives, check_settings, refuse
 from optimlab.errors import ConfigError, OptimlabError, Pruned
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import EXIT_CODES, status_of
@@ -116,13 +116,13 @@ class OptimlabSweeperImpl(Sweeper):
         study_name: str | None,
         n_trials: int,
         n_jobs: int,
-        max_failure_rate: float,
+        max_failure_rate: float | None,
         search_space: DictConfig | None,
         custom_search_space: str | None,
         params: DictConfig | None,
         pruner: DictConfig | None = None,
         n_workers: int = 1,
-        max_failures: int | None = 5,
+        max_failures: int | str | None = "auto",
         heartbeat_interval: int | None = 10,
         grace_period: int | None = 30,
         max_retry: int = 1,
@@ -136,7 +136,9 @@ class OptimlabSweeperImpl(Sweeper):
     ) -> None:
         self.sampler_cfg, self.pruner_cfg, self.direction = sampler, pruner, direction
         self.storage, self.study_name, self.n_trials, self.n_jobs = storage, study_name or "optimlab", n_trials, max(1, n_jobs)
-        self.max_failure_rate = max_failure_rate
+        self.max_failure_rate = 1.0 if max_failure_rate is None else max_failure_rate
+        # auto: optimlab's 5 failures; with an explicit max_failure_rate only the rate, as upstream
+        max_failures = (5 if max_failure_rate is None else None) if max_failures == "auto" else max_failures
         self.params, self.search_space_cfg, self.custom_search_space = params, search_space, custom_search_space
         self.n_workers, self.max_failures = max(1, n_workers), max_failures
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
@@ -214,8 +216,8 @@ class OptimlabSweeperImpl(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         try:
             choice = self.config.hydra.runtime.choices.get("hydra/sweeper/pruner")
+            check_settings(self.config.hydra.sweeper)  # in any app: optimlab's SweepChecks callback leaves them here
             check_objectives(self._directions(), self.pruner_cfg, choice)
-            check_pack(self.pack)  # also where the sweep checks (a Hydra callback) are not registered
         except ConfigError as e:
             refuse(e)  # before the first trial, and before anything is written
         space = upstream.search_space(self.params, self.search_space_cfg, self.custom_search_space, arguments)
@@ -433,7 +435,7 @@ class OptimlabSweeperImpl(Sweeper):
                 # dropped: the trial's end is logged below, as one line
                 with contextlib.redirect_stderr(io.StringIO()):
                     ret.return_value
-            except Pruned as e:
+            except (Pruned, optuna.TrialPruned) as e:  # optimlab's loop, or any app's (current_trial())
                 self._tell_safely(study, trial, TrialState.PRUNED, None)
                 log.info("trial %d PRUNED: %s", trial.number, e)
                 return
@@ -487,10 +489,12 @@ class OptimlabSweeperImpl(Sweeper):
         if self.max_failures is None:  # no limit of its own, but a sweep that only fails ends
             in_a_row = len(mine) - max((i + 1 for i, t in enumerate(mine) if t.state != TrialState.FAIL), default=0)
             if in_a_row >= self.n_trials:
+                # no reason in the line: with max_failure_rate=1.0 failures are not the sweep's error
+                # (upstream prints none); each trial's FAIL line and trials.csv say why
                 raise SweepError(
-                    f"stopping the sweep: its last {in_a_row} trials failed in a row (hydra.sweeper.max_failures=null "
-                    f"stops after n_trials={self.n_trials} failures in a row); last: trial {last.number}: "
-                    f"{last.user_attrs['fail_reason']}"
+                    f"stopping the sweep: its last {in_a_row} trials failed in a row (with no failure limit, "
+                    f"a sweep stops after n_trials={self.n_trials} failures in a row); why each failed: the "
+                    f"fail_reason column of {self.sweep_dir / summary.TRIALS_FILE}"
                 )
         too_many = self.max_failures is not None and len(failed) > self.max_failures
         if too_many or len(failed) / len(mine) > self.max_failure_rate:

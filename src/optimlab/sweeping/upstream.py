@@ -1,11 +1,14 @@
-"""Everything optimlab takes from hydra-optuna-sweeper, in one place.
+"""hydra-optuna-sweeper's search-space language, in one place.
 
 optimlab's sweeper accepts the upstream plugin's config keys and search-space syntax
 (``hydra.sweeper.params``, the deprecated ``search_space``, ``custom_search_space``,
-``direction``, grid sampling). This module turns them into Optuna objects of today's API
-(``FloatDistribution``, ``IntDistribution``, ``trial.suggest_*``), so an upgrade of the
-upstream plugin (Hydra 1.4 changed ``create_params_from_overrides`` and removed
-``search_space``) touches this file only.
+``direction``, grid sampling) and turns them into Optuna objects of today's API
+(``FloatDistribution``, ``IntDistribution``, ``trial.suggest_*``).
+
+optimlab does not import the upstream plugin: it pins ``optuna<3``, so a package that
+required it could not be installed next to Optuna 4+. The rules below are the upstream
+parser's (``choice``, ``range``, ``shuffle``, ``interval``, ``int(...)``, ``tag(log, ...)``),
+read through Hydra's public override parser.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper import _impl
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf  # noqa: F401  (optimlab's schema extends it)
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial
@@ -27,16 +30,48 @@ from optimlab.config.overrides import quote  # noqa: F401  (re-exported: every g
 SEARCH_SPACE_DOCS = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
 
 
-def modern(dist: BaseDistribution) -> BaseDistribution:
-    """The upstream parser builds Optuna's pre-3.0 classes (deprecated, and refused by
-    Optuna's retry of dead workers' trials); the same distribution in today's classes."""
-    if isinstance(dist, CategoricalDistribution):
-        return CategoricalDistribution(dist.choices)
-    if isinstance(dist, IntDistribution):
-        return IntDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, FloatDistribution):
-        return FloatDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
-    return dist
+def distribution_from_override(override: Override) -> BaseDistribution | str:
+    """One command-line value as the upstream plugin reads it: a sweep is a distribution,
+    anything else the fixed value's text."""
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():  # range(start, stop, step): a stepped uniform distribution
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+            return FloatDistribution(value.start, value.stop, step=value.step)
+        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
+    if override.is_interval_sweep():  # interval(a, b): int when both ends are; tag(log, …): log scale
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(int(value.start), int(value.end), log=log)
+        return FloatDistribution(value.start, value.end, log=log)
+    raise ValueError(f"{override.input_line}: not a search space the sweeper knows (choice, range, interval)")
+
+
+def params_from_overrides(lines: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """``key=choice(…)``-style lines → (distributions, fixed values), as the upstream plugin."""
+    found: dict[str, BaseDistribution] = {}
+    fixed: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(list(lines)):
+        value = distribution_from_override(override)
+        (found if isinstance(value, BaseDistribution) else fixed)[override.get_key_element()] = value
+    return found, fixed
+
+
+def distribution_from_config(cfg: Mapping[str, Any]) -> BaseDistribution:
+    """One entry of the deprecated ``hydra.sweeper.search_space``:
+    ``{type: int|float|categorical, low, high, log, step, choices}``."""
+    kind, low, high = str(cfg["type"]), cfg.get("low"), cfg.get("high")
+    log, step = bool(cfg.get("log", False)), cfg.get("step")
+    if kind == "categorical":
+        return CategoricalDistribution(list(cfg["choices"]))
+    if kind == "int":
+        return IntDistribution(int(low), int(high), log=log, step=1 if log or step is None else int(step))
+    if kind == "float":
+        return FloatDistribution(low, high, log=log, step=None if log else step)
+    raise ValueError(f"search_space type={kind!r}: must be int, float or categorical")
 
 
 @dataclass
@@ -99,18 +134,16 @@ def search_space(
     ``hydra.sweeper.search_space`` (used only when ``params`` is not given, as upstream),
     and ``custom_search_space`` (a function ``(cfg, trial) -> None``)."""
     lines = [f"{k!s}={v}" for k, v in (params or {}).items()] + list(arguments)
-    with warnings.catch_warnings():  # the upstream parser builds pre-3.0 Optuna classes
-        warnings.simplefilter("ignore", FutureWarning)
-        found, fixed = _impl.create_params_from_overrides(lines)
-        legacy = {}
-        if search_space_cfg and not params:
-            warnings.warn(
-                f"hydra.sweeper.search_space is deprecated; use hydra.sweeper.params ({SEARCH_SPACE_DOCS})",
-                UserWarning,
-                stacklevel=2,
-            )
-            legacy = {str(k): _impl.create_optuna_distribution_from_config(v) for k, v in search_space_cfg.items()}
-    distributions = {k: modern(d) for k, d in {**legacy, **found}.items() if k not in fixed}
+    found, fixed = params_from_overrides(lines)
+    legacy = {}
+    if search_space_cfg is not None and params is not None:
+        warnings.warn("Both hydra.sweeper.params and hydra.sweeper.search_space are configured: "
+                      f"the sweep uses hydra.sweeper.params ({SEARCH_SPACE_DOCS})", UserWarning, stacklevel=2)  # fmt: skip
+    elif search_space_cfg is not None:
+        warnings.warn(f"hydra.sweeper.search_space is deprecated; use hydra.sweeper.params ({SEARCH_SPACE_DOCS})",
+                      UserWarning, stacklevel=2)  # fmt: skip
+        legacy = {str(k): distribution_from_config(v) for k, v in search_space_cfg.items()}
+    distributions = {k: d for k, d in {**legacy, **found}.items() if k not in fixed}
     extender = instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
     return SearchSpace(distributions, fixed, extender)
 
