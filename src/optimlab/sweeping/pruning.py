@@ -127,12 +127,28 @@ TRIAL_RESOLVER = "optimlab.trial"
 
 def trial_resolver():
     """``${optimlab.trial:}`` in a config: :func:`current_trial`, for a callback built from YAML
-    (``PyTorchLightningPruningCallback``'s ``trial``); a clear error outside a sweep's job."""
-    trial = current_trial()
-    if trial is None:
-        raise ValueError(f"${{{TRIAL_RESOLVER}:}} has no trial: it is set only in the jobs of a sweep with "
-                         "hydra/sweeper=optimlab (and when the study's storage can be reached)")  # fmt: skip
-    return trial
+    (``PyTorchLightningPruningCallback``'s ``trial``). Outside a sweep's job it is Optuna's
+    ``FixedTrial({})``: reports go nowhere and it never prunes, so the same config (the best
+    trial's command) also trains as a single run."""
+    import optuna
+
+    _show_trials_short()
+    return current_trial() or optuna.trial.FixedTrial({})
+
+
+def _show_trials_short() -> None:
+    """A printed resolved config (lightning-hydra-template prints it) shows the trial as one
+    line, ``!optuna.trial 3``, not a dump of the study and its storage."""
+    import optuna
+    import yaml
+
+    try:
+        from omegaconf._utils import get_omega_conf_dumper  # the dumper OmegaConf.to_yaml uses
+    except ImportError:
+        return
+    yaml.add_multi_representer(
+        optuna.trial.BaseTrial, lambda dumper, t: dumper.represent_scalar("!optuna.trial", str(t.number)), Dumper=get_omega_conf_dumper()
+    )  # fmt: skip
 
 
 def register_resolver() -> None:

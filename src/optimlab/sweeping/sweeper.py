@@ -286,7 +286,22 @@ class OptimlabSweeperImpl(Sweeper):
         then the fixed values of ``hydra.sweeper.params`` (a single run does not read those)."""
         cli = [o.input_line for o in ovr.parse(self.config.hydra.overrides.task) if not o.is_sweep_override()]
         typed = {ovr.key_of(line) for line in cli}
-        return cli + [f"{k}={v}" for k, v in space.fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
+        fixed = [f"{k}={v}" for k, v in space.fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
+        return cli + fixed + (["hydra.mode=RUN"] if self._multirun_by_config(cli) else [])
+
+    def _multirun_by_config(self, overrides: list[str]) -> bool:
+        """Whether these overrides alone start a sweep (a preset with ``hydra.mode: MULTIRUN``,
+        as lightning-hydra-template's hparams_search): the best trial's command then needs
+        ``hydra.mode=RUN`` to be a single run."""
+        from hydra.types import RunMode
+
+        try:
+            cfg = self.hydra_context.config_loader.load_configuration(
+                config_name=self.config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+            )  # fmt: skip
+            return cfg.hydra.mode == RunMode.MULTIRUN
+        except Exception:  # noqa: BLE001 - only the printed command depends on it
+            return False
 
     @staticmethod
     def _n_done(study) -> int:
