@@ -284,7 +284,8 @@ def test_launch_jobs(hydra_sweep_runner):
         config_name="compose.yaml",
         task_function=None,
         overrides=["hydra/sweeper=optimlab", "hydra/launcher=basic", "hydra.sweeper.n_trials=8",
-                   "hydra.sweeper.n_jobs=3", "hydra.sweeper.plots=false"],  # fmt: skip
+                   "hydra.sweeper.n_jobs=3", "hydra.sweeper.plots=false",
+                   "hydra.job.chdir=False"],  # fmt: skip  (chdir: this process's cwd stays; no warning)
     )
     with sweep:
         assert sweep.returns is None
