@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -140,6 +142,56 @@ def test_plain_app_with_two_async_workers(tmp_path):
     assert len(finished) == 6
     assert {t.user_attrs["worker"] for t in finished} == {0, 1}
     assert all(t.intermediate_values for t in finished)  # both workers' jobs reached their trials
+
+
+# a plain app whose trial waits (until killed) once it is running, for the signal tests
+WAITING_APP = """
+import os, time
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg) -> float:
+    if cfg.wait:
+        open(os.path.join(HydraConfig.get().runtime.output_dir, "started"), "w").close()
+        time.sleep(600)
+    return (cfg.x - 2) ** 2
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def start_and_stop(app: Path, sig: int, *args: str) -> int:
+    """Start a sweep, send ``sig`` once its first trial runs, and return its exit code."""
+    proc = subprocess.Popen([sys.executable, "app.py", "-m", *args, "wait=true"], cwd=app,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    marker = app / "sw" / "trial_0000" / "started"
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    return proc.wait(timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_plain_app_trial_stopped_or_killed_is_continued_by_the_same_command(tmp_path, sig):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app.py").write_text(WAITING_APP)
+    (app / "config.yaml").write_text("x: 0.0\nwait: false\n")
+    args = ["hydra/sweeper=optimlab", "hydra.sweeper.direction=minimize", "hydra.sweeper.plots=false",
+            "hydra.sweeper.sampler.seed=0", "x=interval(0,4)", "hydra.sweeper.n_trials=3", "hydra.sweep.dir=sw"]  # fmt: skip
+    code = start_and_stop(app, sig, *args)
+    assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL)  # SIGTERM: the sweep's own exit, for requeue
+    first = load(app / "sw").trials[0]
+    assert first.state == (TrialState.FAIL if sig == signal.SIGTERM else TrialState.RUNNING)
+    ok(run([sys.executable, "app.py", "-m", *args], cwd=app))  # the same command (no wait): it goes on
+    trials = load(app / "sw").trials
+    assert trials[0].state == TrialState.FAIL  # a killed worker's trial is marked FAIL when its pid is gone
+    continued = [t for t in trials if t.user_attrs.get("resume_of") == 0]
+    assert len(continued) == 1 and continued[0].params == first.params and continued[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
 # ---------------------------------------------------------------- a Lightning + Hydra project

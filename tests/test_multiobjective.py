@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import hydra_app as app
 import pytest
 import yaml
-from conftest import compose_config, train_cli
+from conftest import TRAIN_PY, compose_config, train_cli
 
 from optimlab import objective
 from optimlab.config import validate
@@ -154,7 +154,7 @@ def test_train_py_sweeps_accuracy_against_training_time(tmp_path):
     results = yaml.safe_load((root / "optimization_results.yaml").read_text())
     assert results["objectives"] == ["val_acc", "train_seconds"]
     assert {s["trial"] for s in results["solutions"]} == {t.number for t in study.best_trials}
-    assert all(s["best_command"].startswith("python train.py ") for s in results["solutions"])
+    assert all(s["best_command"].startswith(f"python {TRAIN_PY} ") for s in results["solutions"])
     assert (root / "pareto_front.png").read_bytes()[:8] == PNG
 
     # optimlab-report: the Pareto-optimal runs are marked and come first

@@ -9,7 +9,7 @@ import json
 import optuna
 import pytest
 import yaml
-from conftest import train_cli
+from conftest import TRAIN_PY, train_cli
 
 # Tiny and fast: LeNet on 16×16 one-channel synthetic images, 128 training images.
 SWEEP_TINY = [
@@ -80,7 +80,7 @@ def test_sweep_resumes_to_n_trials_and_writes_summary(tmp_path):
     results = yaml.safe_load((root / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(study.best_value)
     assert results["best_params"] == pytest.approx(study.best_params)
-    assert results["best_command"].startswith("python train.py ")
+    assert results["best_command"].startswith(f"python {TRAIN_PY} ")  # the command as the sweep was started
     assert f"lr={study.best_params['lr']!r}" in results["best_command"]
     for png in ("optimization_history.png", "lr_momentum.png", "param_importances.png"):
         assert (root / png).read_bytes()[:8] == PNG, png

@@ -51,6 +51,12 @@ AUTO_PACK = {"cuda": 1, "mps": 1, "cpu": 1}
 TASK_MODULE = "optimlab.cli"  # packing runs optimlab's own task; another task function runs unpacked
 
 
+def is_optimlab_task(task_function: Any) -> bool:
+    """Whether the sweep runs optimlab's own train task (packing and mid-run continuation need
+    its loop and run folder); any other Hydra app's task runs its trials plainly."""
+    return getattr(task_function, "__module__", None) == TASK_MODULE
+
+
 def is_packable(key: str) -> bool:
     key = key.lstrip("+~")
     if key in PACKABLE:
@@ -85,7 +91,7 @@ def groups(trial_overrides: Sequence[Sequence[str]], size: int) -> list[list[int
 def pack_size(value: Any, device_type: str, task_function: Any = None) -> int:
     """The trials a worker trains at once for ``hydra.sweeper.pack=value`` (checked already) on
     ``device_type`` (``cpu``, ``cuda``, ``mps``); logs one line when it packs or when auto does not."""
-    if task_function is not None and getattr(task_function, "__module__", None) != TASK_MODULE and value != 1:
+    if task_function is not None and not is_optimlab_task(task_function) and value != 1:
         log.info("hydra.sweeper.pack=%s: the task is not optimlab's train.py, so its trials run one at a time", value)
         return 1
     if value == PACK_AUTO:

@@ -86,7 +86,7 @@ def current_trial():
     """The live ``optuna.trial.Trial`` of the sweep job running now; None outside a job of
     ``hydra/sweeper=optimlab``. Works in any Hydra app: ``trial.report(value, step)`` and
     ``trial.should_prune()`` (then ``raise optuna.TrialPruned()``), or hand it to
-    optuna-integration's ``PyTorchLightningPruningCallback(trial, monitor=...)``.
+    optuna-integration's Lightning pruning callback (``trial=``, ``monitor=``).
 
     The trial is rebuilt from the study's storage with the sweep's own pruner, once per job.
     If the storage cannot be reached the job gets None (one warning line) and runs unpruned.
@@ -127,7 +127,7 @@ TRIAL_RESOLVER = "optimlab.trial"
 
 def trial_resolver():
     """``${optimlab.trial:}`` in a config: :func:`current_trial`, for a callback built from YAML
-    (``PyTorchLightningPruningCallback``'s ``trial``). Outside a sweep's job it is Optuna's
+    (the ``trial`` of optuna-integration's Lightning pruning callback). Outside a sweep's job it is Optuna's
     ``FixedTrial({})``: reports go nowhere and it never prunes, so the same config (the best
     trial's command) also trains as a single run."""
     import optuna

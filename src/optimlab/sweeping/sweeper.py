@@ -395,7 +395,8 @@ class OptimlabSweeperImpl(Sweeper):
         by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         for trial, extra in zip(batch, overrides):
             dead = trial.user_attrs.get(attempts.RESUME_OF)
-            source = attempts.resume_source(by_number, dead) if dead is not None else None
+            # another app's continuation starts its params afresh (resume= is optimlab's run's key)
+            source = attempts.resume_source(by_number, dead) if dead is not None and packing.is_optimlab_task(self.task_function) else None
             if source is not None:
                 extra += attempts.resume_overrides(source, quote)
                 for step, value in attempts.earlier_reports(by_number.values(), source).items():
