@@ -122,7 +122,10 @@ def test_plain_app_is_pruned_through_current_trial_and_resumes_to_n_trials(tmp_p
     res = results(app / "sw")
     assert res["best_command"].startswith("python app.py ") and f"x={res['best_params']['x']!r}" in res["best_command"]
 
-    ok(run([*cmd, "hydra.sweeper.n_trials=10"], cwd=app))  # the same command, a larger total: it goes on
+    # the same command, a larger total: it goes on (packing needs optimlab's loop: one line, unpacked)
+    more = run([*cmd, "hydra.sweeper.n_trials=10", "hydra.sweeper.pack=2"], cwd=app)
+    ok(more)
+    assert "hydra.sweeper.pack=2: the task is not optimlab's train.py, so its trials run one at a time" in more.stdout
     again = load(app / "sw").trials
     assert len(again) == 10 and [t.params for t in again[:8]] == [t.params for t in first]
 
