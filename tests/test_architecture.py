@@ -22,6 +22,7 @@ OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "LOG_TABLE
 # Lower numbers are lower layers; a module may import its own package or lower layers.
 LAYERS = {
     "optimlab": 0, "optimlab.errors": 0, "optimlab.files": 0, "optimlab.objective": 0,
+    "optimlab.engine.metrics": 0,  # the metric columns' declaration: plain dataclass, read by every layer
     "optimlab.engine": 1,
     "optimlab.config": 2, "optimlab.observe": 2,
     "optimlab.run": 3,
@@ -126,7 +127,13 @@ def test_only_the_folder_module_names_the_run_files():
 
 # facts with one owner module: (what the owner defines, the owner)
 STORAGE_ERRNO_NAMES = ("ENOSPC", "EDQUOT", "EROFS", "EPERM")  # EACCES is also a lock's "held", in run/lock.py
-ONE_OWNER = {"DIRECTIONS": "optimlab.objective", "STORAGE_ERRNOS": "optimlab.errors"}
+ONE_OWNER = {
+    "DIRECTIONS": "optimlab.engine.metrics", "EPOCH_METRICS": "optimlab.engine.metrics",
+    "STORAGE_ERRNOS": "optimlab.errors", "STORAGE_HINTS": "optimlab.errors",
+}  # fmt: skip
+# metrics.csv columns that code reads by name: only engine/metrics.py spells them
+NAMED_METRICS = ("train_loss", "val_loss", "val_acc")
+METRICS_OWNER = "optimlab.engine.metrics"
 
 
 def test_the_storage_errno_list_lives_in_errors_only():
@@ -165,3 +172,44 @@ def test_the_bench_scripts_import_what_exists():
                 for alias in node.names:
                     found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
                     assert found, f"{script.name}: from {node.module} import {alias.name}"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants in ``tree`` (prose may name a metric)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_metric_names_are_spelled_by_their_owner_only():
+    """A metric read by name (``row["val_acc"]``) uses engine/metrics.py's constant, so a
+    renamed column cannot leave a stale copy behind."""
+    for name, path in MODULES.items():
+        if name == METRICS_OWNER:
+            continue
+        tree = ast.parse(path.read_text())
+        prose = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in prose:
+                assert node.value not in NAMED_METRICS, (
+                    f"{name}:{node.lineno} spells the metric {node.value!r}: import it from {METRICS_OWNER}"
+                )
+
+
+def test_error_types_live_in_errors_only():
+    """Every exception class optimlab defines is in errors.py (the README's promise)."""
+    from optimlab import errors
+
+    for name, path in MODULES.items():
+        if name == "optimlab.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                ours = {k for k, v in vars(errors).items() if isinstance(v, type) and issubclass(v, BaseException)}
+                raises = any(b.endswith(("Error", "Exception", "Interrupt")) or b in ours for b in bases)
+                assert not raises, f"{name} defines the error type {node.name}: define it in optimlab/errors.py"

@@ -21,7 +21,8 @@ import optuna
 import pytest
 from conftest import train_cli
 
-from optimlab.config.sweeps import SweepConfigError, check_pack
+from optimlab.config.sweeps import check_pack
+from optimlab.errors import SweepConfigError
 from optimlab.sweeping.packing import groups, is_packable, pack_size, shape_key
 
 TINY = [

@@ -66,8 +66,7 @@ def train(cfg: DictConfig) -> float:
             raise  # a stop signal stops the whole sweep
         status = signals.status_of(e)
         # the runner has already saved the state and written summary.json
-        how = "Ctrl-C" if status == "interrupted" else "SIGTERM"
-        log.error("%s (%s): state saved in %s (summary.json status: %s)", status, how, run_dir, status)
+        log.error("%s (%s): state saved in %s (summary.json status: %s)", status, signals.SAID[status], run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
 
 
@@ -78,24 +77,24 @@ def _sweep_of(link):
     return Sweep(study=link.study, trial=link.number, storage=link.storage) if link is not None else None
 
 
-# top-level knobs the optimizer configs interpolate (``lr: ${lr}``), and a hint when one is not read
-OPTIMIZER_KNOBS = {
+# what to do when the optimizer does not read a knob set on the command line
+UNREAD_HINTS = {
     "momentum": "use optimizer=momentum or optimizer=nesterov for SGD with momentum",
     "weight_decay": "choose an optimizer that reads it",
 }
 
 
 def _warn_ignored_knobs(cfg: DictConfig, overrides: list[str]) -> None:
-    """A knob set on the command line that the chosen optimizer's config does not read
-    (plain sgd fixes momentum at 0): one warning line each, the run goes on."""
+    """A knob set on the command line that the chosen config does not read (plain sgd
+    fixes momentum at 0): one warning line each, the run goes on."""
+    from optimlab.config import knobs
     from optimlab.config import overrides as ovr
 
     given = ovr.job_values(overrides)
-    node = OmegaConf.to_container(cfg.optimizer, resolve=False)
-    text = repr(node)
     choice = HydraConfig.get().runtime.choices.get("optimizer")
-    for knob, hint in OPTIMIZER_KNOBS.items():
-        if knob in given and "${" + knob + "}" not in text and cfg.get(knob):
+    for knob in knobs.unread(cfg, given):
+        hint = UNREAD_HINTS.get(knob, "choose an optimizer that reads it")
+        if cfg.get(knob):
             log.warning("%s=%s is ignored: optimizer=%s does not read ${%s}; %s", knob, given[knob], choice, knob, hint)
 
 

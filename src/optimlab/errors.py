@@ -1,9 +1,15 @@
-"""The errors optimlab reports to users as one clear line (no traceback wall)."""
+"""The errors optimlab reports to users as one clear line (no traceback wall).
+
+Every error type optimlab raises is defined here. The sweep's own errors also derive from
+Hydra's CompactHydraException, which Hydra prints as one line when they end a multirun.
+"""
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
+
+from hydra.errors import CompactHydraException
 
 
 class OptimlabError(Exception):
@@ -86,7 +92,25 @@ class Diverged(OptimlabError):
         return (type(self), (self.epoch, self.step, self.loss, self.last_finite_loss))
 
 
+class Preempted(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: nothing catches it by accident)."""
+
+    status = "preempted"
+
+
 class Pruned(OptimlabError):
     """A sweep's pruner stopped the trial early: not a failure."""
 
     status = "pruned"
+
+
+class SweepConfigError(ConfigError, CompactHydraException):
+    """A sweep whose settings or search space cannot run; found before the first trial."""
+
+
+class StudyStorageError(ConfigError, CompactHydraException):
+    """A study storage (``hydra.sweeper.storage``) that cannot be opened or written."""
+
+
+class SweepStopped(OptimlabError, CompactHydraException):
+    """A sweep that cannot go on: too many failed trials, or a worker process that died."""

@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import harmonic_mean
 from typing import Any, TypeVar
 
+from optimlab.engine.metrics import DIRECTIONS, EPOCH_METRICS  # noqa: F401 - objective's words, imported from here
+
 T = TypeVar("T")
-DIRECTIONS = ("maximize", "minimize")
-# metrics.csv columns an objective can name: the best value over the run's epochs
-EPOCH_METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 # one value per run: seconds of all its epochs (training + validation, resumed epochs
 # included), its training throughput (all images / all training time), the model's size
 RUN_METRICS = {"train_seconds": "minimize", "images_per_s": "maximize", "n_parameters": "minimize"}
@@ -56,12 +55,12 @@ def rank_key(value: Any, direction: str) -> float:
 def targets(objective: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """The objectives a run returns, as (metrics, directions): ``objective.metrics`` and
     ``objective.directions`` (default: each metric's own direction) when ``metrics`` is set,
-    else the one ``objective.metric`` / ``objective.direction``."""
+    else the one ``objective.metric`` / ``objective.direction`` (conf/config.yaml holds their defaults)."""
     metrics = objective.get("metrics")
     if metrics:
         directions = objective.get("directions") or [METRICS.get(str(m), "minimize") for m in metrics]
         return [str(m) for m in metrics], [str(d) for d in directions]
-    return [str(objective.get("metric", "val_acc"))], [str(objective.get("direction", "maximize"))]
+    return [str(objective["metric"])], [str(objective["direction"])]
 
 
 def summarize(objective: Mapping[str, Any], history: Sequence[Any], n_parameters: int | None) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from optimlab import objective as objectives
+from optimlab.config import default_objective
 from optimlab.config import overrides as ovr
+from optimlab.engine.metrics import SECONDS, VAL_ACC, VAL_LOSS
 from optimlab.files import atomic_write_text
 from optimlab.observe.plots import plot_comparison
 from optimlab.observe.tables import render
@@ -103,16 +105,15 @@ def read_run(path: Path, root: Path) -> Run:
     rows = folder.read_metrics()
     overrides = folder.overrides()
 
-    objective = summary.get("objective") or config.get("objective") or {}
-    metric = objective.get("metric", "val_acc")
-    direction = objective.get("direction", "maximize")
+    objective = {**default_objective(), **(summary.get("objective") or config.get("objective") or {})}
+    metric, direction = objective["metric"], objective["direction"]
 
     status = summary.get("status") or "incomplete"
     epochs = config.get("epochs")
     durations = summary.get("durations") or {}
     duration = _finite(durations.get("total_s"))
     if duration is None and rows:
-        duration = sum(r.get("seconds", 0.0) for r in rows)  # epochs so far
+        duration = sum(r.get(SECONDS, 0.0) for r in rows)  # epochs so far
     name = str(path.relative_to(root)) if path != root else path.name
     run = Run(
         name=name, path=path, status=status, overrides=overrides, params=ovr.job_values(overrides),
@@ -121,7 +122,7 @@ def read_run(path: Path, root: Path) -> Run:
         duration_s=duration, error=summary.get("error"), rows=rows,
     )  # fmt: skip
     score(run, metric, direction, summary)
-    metrics, directions = objectives.targets(objective) if objective else ([metric], [direction])
+    metrics, directions = objectives.targets(objective)
     if len(metrics) > 1:
         run.metrics, run.directions = tuple(metrics), tuple(directions)
         values = objective.get("values")
@@ -148,7 +149,7 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
     """All runs under ``root``, best first; and the objective (metric, direction) they share."""
     runs = [read_run(p, root) for p in find_runs(root)]
     if not runs:
-        return [], "val_acc", "maximize"
+        return [], default_objective()["metric"], default_objective()["direction"]
     several = Counter((r.metrics, r.directions) for r in runs).most_common(1)[0][0]
     if several[0]:
         return sort_pareto(runs, *several), several[0][0], several[1][0]
@@ -157,7 +158,8 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
         if (run.metric, run.direction) != (metric, direction):
             score(run, metric, direction)  # rank every run by the same yardstick
     # ties (several runs at val_acc 1.0) go to the better other metric at the best epoch
-    other, other_direction = ("val_loss", "minimize") if metric != "val_loss" else ("val_acc", "maximize")
+    other = VAL_LOSS if metric != VAL_LOSS else VAL_ACC
+    other_direction = objectives.EPOCH_METRICS[other]
 
     def order(r: Run):
         return (
@@ -242,18 +244,18 @@ def table(runs: list[Run], metric: str, params: list[str], metrics: tuple[str, .
             shown = [_num(run.value), str(run.best_epoch or "-")]
         body.append([
             str(rank), run.name, *(_param(run.params.get(k)) for k in params), run.status, *shown,
-            _num(run.final.get("val_acc")), _num(run.final.get("val_loss")), _num(run.test.get("acc")), epochs,
+            _num(run.final.get(VAL_ACC)), _num(run.final.get(VAL_LOSS)), _num(run.test.get("acc")), epochs,
             _duration(run.duration_s),
         ])  # fmt: skip
     numeric = [all(_finite(r[i]) is not None or r[i] == "-" for r in body) for i in range(len(header))]
     return render(header, body, numeric)
 
 
+FINAL_COLUMNS = ("epoch", "lr", *objectives.EPOCH_METRICS)  # the last epoch's row, as metrics.csv names it
 CSV_FIXED = [
     "rank", "run", "status", "objective_metric", "objective_direction", "objective_value", "best_epoch",
-    "best_train_loss", "best_val_loss", "best_val_acc", "final_epoch", "final_lr", "final_train_loss",
-    "final_val_loss", "final_val_acc", "test_loss", "test_acc", "epochs_completed", "epochs", "duration_s",
-    "overrides", "path", "error",
+    *(f"best_{k}" for k in objectives.EPOCH_METRICS), *(f"final_{k}" for k in FINAL_COLUMNS),
+    "test_loss", "test_acc", "epochs_completed", "epochs", "duration_s", "overrides", "path", "error",
 ]  # fmt: skip
 
 
@@ -276,9 +278,9 @@ def write_csv(runs: list[Run], metric: str, direction: str, path: Path) -> Path:
             "error": run.error,
             "test_loss": run.test.get("loss"), "test_acc": run.test.get("acc"),
         }  # fmt: skip
-        for k in ("train_loss", "val_loss", "val_acc"):
+        for k in objectives.EPOCH_METRICS:
             row[f"best_{k}"] = run.best.get(k)
-        for k in ("epoch", "lr", "train_loss", "val_loss", "val_acc"):
+        for k in FINAL_COLUMNS:
             row[f"final_{k}"] = run.final.get(k)
         for k in keys:
             row[f"param.{k}"] = run.params.get(k)

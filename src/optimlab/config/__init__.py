@@ -1,7 +1,10 @@
 """optimlab's config: the schema, the checks (single runs and sweeps), "did you mean"
 hints, override parsing and the resolvers. Nothing here imports torch at import time."""
 
+from functools import cache
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from optimlab.config.checks import validate
 
@@ -11,4 +14,11 @@ _PACKAGED = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3] / "conf")
 CONFIG_NAME = "config"
 
-__all__ = ["CONFIG_DIR", "CONFIG_NAME", "validate"]
+
+@cache
+def default_objective() -> dict:
+    """conf/config.yaml's ``objective`` (its one home): for folders that do not say theirs."""
+    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").objective)
+
+
+__all__ = ["CONFIG_DIR", "CONFIG_NAME", "default_objective", "validate"]

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from optimlab import objective
 from optimlab.config import schema
+from optimlab.engine.metrics import VAL_ACC, VAL_LOSS
 from optimlab.errors import ConfigError
 
 _MISSING = object()
@@ -252,8 +253,8 @@ def _check_scheduler(cfg: DictConfig) -> None:
         factor = sch.get("factor")
         if factor is not None and not 0 < factor < 1:
             raise _fail("scheduler.factor", factor, "must be in (0, 1)")
-        monitor, mode = sch.get("monitor", "val_loss"), sch.get("mode", "min")
-        wanted = "max" if monitor == "val_acc" else "min"
+        monitor, mode = sch.get("monitor", VAL_LOSS), sch.get("mode", "min")
+        wanted = "max" if monitor == VAL_ACC else "min"
         if mode != wanted:
             raise _fail("scheduler.mode", mode, f"must be '{wanted}' when scheduler.monitor={monitor!r}")
     elif interval == "metric":

@@ -16,22 +16,18 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from optimlab.config import knobs
 from optimlab.config.checks import validate
 from optimlab.config.hints import closest
-from optimlab.errors import ConfigError
+from optimlab.errors import ConfigError, SweepConfigError
 from optimlab.objective import DIRECTIONS
 
 try:  # Hydra >= 1.1
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover
     Callback = object  # type: ignore[misc,assignment]
-
-
-class SweepConfigError(ConfigError, CompactHydraException):
-    """A sweep that cannot run; Hydra prints it as one line (no traceback)."""
 
 
 _ABSENT = object()
@@ -191,7 +187,7 @@ def check_objectives(directions: list[str], pruner_cfg: Any, pruner_choice: str 
 
     Optuna's ``Trial.report`` (hence every pruner) refuses multi-objective studies, so a
     pruner with several directions would stop nothing: refused before the first trial."""
-    if not directions or any(d not in ("maximize", "minimize") for d in directions):
+    if not directions or any(d not in DIRECTIONS for d in directions):
         raise SweepConfigError(
             f"hydra.sweeper.direction={directions} is not valid: must be maximize, minimize or a list of them "
             "(one per value the task returns)"
@@ -258,7 +254,7 @@ class SweepChecks(Callback):
             raise SweepConfigError(f"every trial would fail: {e}") from None
         validate_search_space({**params, **cli_sweeps}, config, choices=choices)
         # a swept group option may read the knob the base config does not: then no verdict
-        unread = [] if any(k in choices for k in swept) else unread_knobs(job, swept)
+        unread = [] if any(k in choices for k in swept) else knobs.unread(job, swept)
         if unread:
             key = unread[0]
             raise SweepConfigError(
@@ -325,33 +321,6 @@ def check_pack(value: Any) -> None:
     if value == PACK_AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return
     raise SweepConfigError(f"hydra.sweeper.pack={value}: must be an integer >= 1 (trials trained at once) or auto")
-
-
-# Top-level knobs that reach a run only through interpolations in the groups' configs
-# (optimizer: lr: ${lr}); sweeping one that no chosen option reads repeats one run.
-INTERPOLATED_KNOBS = ("lr", "momentum", "weight_decay")
-
-
-def unread_knobs(job: DictConfig, keys) -> list[str]:
-    """The knobs among ``keys`` that no node of ``job`` (without Hydra's node) reads: the
-    resolved config, the knob itself left out, is the same whatever its value."""
-    found = []
-    for key in (k.lstrip("+") for k in keys):
-        if key not in INTERPOLATED_KNOBS or key not in job:
-            continue
-        resolved = []
-        for probe in (0.123, 0.456):
-            trial = copy.deepcopy(job)
-            trial[key] = probe
-            try:
-                container = OmegaConf.to_container(trial, resolve=True)
-            except Exception:  # noqa: BLE001 - an interpolation we cannot resolve here: do not guess
-                return []
-            container.pop(key, None)
-            resolved.append(container)
-        if resolved[0] == resolved[1]:
-            found.append(key)
-    return found
 
 
 def validate_base(job: DictConfig, swept: set[str]) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from optimlab.engine.data import DeviceData
 from optimlab.engine.metrics import LOGGER_TAGS, METRIC_COLUMNS, TIMING_COLUMNS, EpochResult  # noqa: F401  (re-exported)
+from optimlab.engine.metrics import VAL_ACC, VAL_LOSS
 from optimlab.errors import Diverged
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class LoopConfig:
     batch_size: int
     seed: int
     interval: str = "epoch"  # when the scheduler steps: epoch | batch | metric
-    monitor: str = "val_loss"  # the metric a `metric` scheduler watches
+    monitor: str = VAL_LOSS  # the metric a `metric` scheduler watches
     precision: str = "fp32"  # fp32 | bf16 | fp16
     eval_batch_size: int = 1024
     check_every: int = 1  # steps between NaN/inf checks (each check syncs the device)
@@ -182,7 +183,7 @@ def end_epoch(state: TrainState, cfg: LoopConfig, val_loss: float, val_acc: floa
     if cfg.interval == "epoch":
         state.scheduler.step()
     elif cfg.interval == "metric":
-        state.scheduler.step({"val_loss": val_loss, "val_acc": val_acc}[cfg.monitor])
+        state.scheduler.step({VAL_LOSS: val_loss, VAL_ACC: val_acc}[cfg.monitor])
     state.epoch += 1
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from optimlab.engine.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from optimlab.engine.training import EpochResult, TrainState
 from optimlab.files import atomic_write_bytes
 
@@ -70,7 +71,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, title: str =
     fig, (ax_loss, ax_acc, ax_lr) = _figure(12, 3.4, 3)
     m = _marker(len(rows))
     losses = []
-    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+    for key, label in ((TRAIN_LOSS, "train"), (VAL_LOSS, "val")):
         x, y = _column(rows, key)
         ax_loss.plot(x, y, marker=m, ms=3, label=label)
         losses += y
@@ -79,7 +80,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, title: str =
     if losses:
         ax_loss.legend(frameon=False)
 
-    x, y = _column(rows, "val_acc")
+    x, y = _column(rows, VAL_ACC)
     ax_acc.plot(x, y, marker=m, ms=3, color="C2")
     if y:
         best = max(range(len(y)), key=y.__getitem__)
@@ -105,7 +106,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: str | Path, title: str =
 
 
 def plot_comparison(
-    runs: Sequence[dict[str, Any]], path: str | Path, metric: str = "val_acc", title: str = ""
+    runs: Sequence[dict[str, Any]], path: str | Path, metric: str = VAL_ACC, title: str = ""
 ) -> Path:
     """Validation accuracy (left) and loss (right) against epoch, one line per run.
 
@@ -116,9 +117,9 @@ def plot_comparison(
     for i, run in enumerate(runs):
         rows = run["rows"]
         style = {"lw": 2.4 if i == 0 else 1.3, "marker": _marker(len(rows)), "ms": 3, "color": f"C{i % 10}"}
-        x, y = _column(rows, "val_acc")
+        x, y = _column(rows, VAL_ACC)
         ax_acc.plot(x, y, label=run["label"], **style)
-        x, y = _column(rows, "val_loss")
+        x, y = _column(rows, VAL_LOSS)
         ax_loss.plot(x, y, **style)
         losses += y
     _loss_scale(ax_loss, losses)

@@ -20,17 +20,15 @@ from typing import Any
 
 import torch
 
+from optimlab.engine.metrics import EPOCH_METRICS
 from optimlab.engine.training import EpochResult, TrainState
 
 log = logging.getLogger(__name__)
 
 
 def epoch_line(result: EpochResult, epochs: int) -> str:
-    return (
-        f"epoch {result.epoch}/{epochs}  lr {result.lr:.4g}  train_loss {result.train_loss:.4f}  "
-        f"val_loss {result.val_loss:.4f}  val_acc {result.val_acc:.4f}  "
-        f"{result.seconds:.1f}s  {result.images_per_s:.0f} img/s"
-    )
+    values = "  ".join(f"{m} {getattr(result, m):.4f}" for m in EPOCH_METRICS)
+    return f"epoch {result.epoch}/{epochs}  lr {result.lr:.4g}  {values}  {result.seconds:.1f}s  {result.images_per_s:.0f} img/s"
 
 
 def run_line(summary: dict[str, Any]) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from optimlab.engine.training import LOGGER_TAGS, EpochResult, TrainState
+from optimlab.engine.metrics import EPOCH_METRICS, LOGGER_TAGS
+from optimlab.engine.training import EpochResult, TrainState
 from optimlab.observe.loggers import TEST_TAGS, Objectives, end_scalars
 
 # what the HPARAMS tab lists as metrics besides the objective(s) (each one a scalar tag of the run)
-HPARAM_METRICS = ["val/acc", "val/loss", "train/loss", *TEST_TAGS.values()]
+HPARAM_METRICS = [*(LOGGER_TAGS[m] for m in reversed(EPOCH_METRICS)), *TEST_TAGS.values()]
 
 
 class TensorBoardLogger:

@@ -6,9 +6,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from optimlab.config import knobs
 from optimlab.config import overrides as ovr
 
-KNOBS = ["lr", "momentum", "weight_decay", "batch_size", "epochs", "seed", "precision"]
+HPARAM_KNOBS = (*(k for k in knobs.KNOBS if k != "deterministic"), "precision")
 
 
 def short_name(node: Any) -> str:
@@ -43,7 +44,7 @@ def title(cfg: DictConfig) -> str:
 
 def hparams(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, Any]:
     """The run's hyperparameters as flat scalars (bool/int/float/str), for loggers."""
-    found: dict[str, Any] = {k: cfg.get(k) for k in KNOBS if cfg.get(k) is not None}
+    found: dict[str, Any] = {k: cfg.get(k) for k in HPARAM_KNOBS if cfg.get(k) is not None}
     momentum = effective_momentum(cfg)
     if momentum is not None:
         found["momentum"] = momentum

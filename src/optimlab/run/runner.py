@@ -20,12 +20,13 @@ from optimlab import objective
 from optimlab.config.checks import check_training_size, training_split_size
 from optimlab.engine import data as datasets
 from optimlab.engine.devices import resolve_device, resolve_precision, seed_everything
+from optimlab.engine.metrics import VAL_LOSS
 from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evaluate, fit
 from optimlab.errors import STORAGE_ERRNOS, OptimlabError, StorageError
-from optimlab.observe.plots import CurvesPlotter
-from optimlab.observe.progress import ConsoleProgress
 from optimlab.observe.loggers import Guarded, Sweep
+from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.profiler import StepProfiler
+from optimlab.observe.progress import ConsoleProgress
 from optimlab.run import describe, signals
 from optimlab.run.folder import RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
@@ -45,7 +46,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in SCHEDULER_KEYS}
     if "steps_per_epoch" in kwargs and kwargs["steps_per_epoch"] is None:
         kwargs["steps_per_epoch"] = steps_per_epoch  # per-batch schedules size themselves to the data
-    return instantiate(kwargs)(optimizer), cfg.interval, cfg.get("monitor", "val_loss")
+    return instantiate(kwargs)(optimizer), cfg.interval, cfg.get("monitor", VAL_LOSS)
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> datasets.DeviceData:
@@ -279,8 +280,7 @@ class Prepared:
             status = stopped or (error.status if isinstance(error, OptimlabError) else "failed")
             final = final_summary(self.summary, self.cfg, self.state, status, self.durations(), error=error)
             if stopped:
-                how = "Ctrl-C" if stopped == "interrupted" else "SIGTERM"
-                final["error"] = f"{stopped} ({how}) after {self.state.epoch} finished epochs"
+                final["error"] = f"{stopped} ({signals.SAID[stopped]}) after {self.state.epoch} finished epochs"
             self.folder.end_summary(final)
             _end_observers(self.watchers, final)
         if saved is not None:

@@ -12,13 +12,23 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
+from optimlab.errors import Preempted
+
+# THE words of a stop: a run's status -> its signal, the exit code, and how users say it
+SIGNALS = {"interrupted": signal.SIGINT, "preempted": signal.SIGTERM}
 EXIT_CODES = {"interrupted": 130, "preempted": 128 + signal.SIGTERM}
+SAID = {"interrupted": "Ctrl-C", "preempted": "SIGTERM"}
 
 
-class Preempted(BaseException):
-    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: nothing catches it by accident)."""
+def status_of_signal(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else "preempted"
 
-    status = "preempted"
+
+def raise_for(signum: int) -> None:
+    """Raise what a stop signal means in the main thread: KeyboardInterrupt or Preempted."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Preempted(f"signal {signal.Signals(signum).name}")
 
 
 def status_of(e: BaseException) -> str | None:
@@ -31,7 +41,7 @@ def status_of(e: BaseException) -> str | None:
 
 
 def _raise_preempted(signum, frame) -> None:
-    raise Preempted(f"signal {signal.Signals(signum).name}")
+    raise_for(signum)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from optimlab.config import knobs
 from optimlab.config import overrides as ovr
 from optimlab.config.sweeps import PACK_AUTO
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 # Keys whose values may differ within a pack: hyperparameters that leave every tensor's shape
 # (and the batches) as they are. Any other swept key (model, batch_size, epochs, data.*,
 # precision, optimizer=/scheduler= choices, …) splits the trials into separate packs.
-PACKABLE = {"lr", "momentum", "weight_decay", "seed"}
+PACKABLE = {*knobs.INTERPOLATED, "seed"}
 PACKABLE_LEAVES = {
     "optimizer": {"lr", "momentum", "weight_decay", "betas", "eps", "alpha", "dampening"},
     "scheduler": {"gamma", "factor", "eta_min", "max_lr", "pct_start", "div_factor", "final_div_factor", "T_max",

@@ -15,9 +15,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from hydra.errors import CompactHydraException
-
-from optimlab.errors import ConfigError
+from optimlab.errors import StudyStorageError
 
 JOURNAL = "journal://"
 SQLITE = "sqlite:///"
@@ -26,12 +24,8 @@ _cache: dict = {}
 EXAMPLES = "sqlite:///path/optuna.db, journal:///path/optuna.journal or postgresql://user@host/db"
 
 
-class StorageError(ConfigError, CompactHydraException):
-    """A study storage that cannot be opened; printed as one line (no traceback)."""
-
-
 def check(url: str) -> None:
-    """Before anything opens ``url``: a StorageError naming it (password hidden) and what
+    """Before anything opens ``url``: a StudyStorageError naming it (password hidden) and what
     to do when it is not a storage optimlab can use, or its file is damaged or not writable.
     Reads only; changes nothing on disk."""
     shown = f"hydra.sweeper.storage={redact(url)}"
@@ -46,7 +40,7 @@ def check(url: str) -> None:
             if torn:
                 with open(path, "rb") as f:
                     keep = f.read().rfind(b"\n") + 1
-                raise StorageError(
+                raise StudyStorageError(
                     f"{shown}: the last line of {path} is torn (a process was killed while writing it); "
                     f"remove it with `truncate -s {keep} {path}` (keeps the {keep} bytes of whole records) and run again"
                 )
@@ -56,7 +50,7 @@ def check(url: str) -> None:
     try:
         dialect = make_url(url).get_dialect()
     except Exception as e:  # noqa: BLE001 - not a URL, or no such database driver
-        raise StorageError(f"{shown} is not a storage optimlab can open ({_first_line(e)}); use {EXAMPLES}") from None
+        raise StudyStorageError(f"{shown} is not a storage optimlab can open ({_first_line(e)}); use {EXAMPLES}") from None
     if url.startswith(SQLITE):
         path = Path(url[len(SQLITE):])
         check_writable(path, shown)
@@ -67,7 +61,7 @@ def check(url: str) -> None:
             except sqlite3.Error as e:
                 result = (str(e),)
             if not result or result[0] != "ok":
-                raise StorageError(
+                raise StudyStorageError(
                     f"{shown}: {path} is not a readable SQLite database ({result[0] if result else 'no answer'}); "
                     f"restore it from a backup, or move it away to start a new study"
                 )
@@ -80,20 +74,20 @@ def check_writable(path: Path, shown: str) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise StorageError(f"{shown}: {folder} is not a folder")
+        raise StudyStorageError(f"{shown}: {folder} is not a folder")
     if path.exists() and not os.access(path, os.W_OK):
-        raise StorageError(f"{shown}: {path} is not writable by this user; fix its permissions or copy it elsewhere")
+        raise StudyStorageError(f"{shown}: {path} is not writable by this user; fix its permissions or copy it elsewhere")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise StorageError(f"{shown}: the folder {folder} is not writable by this user; choose a writable place")
+        raise StudyStorageError(f"{shown}: the folder {folder} is not writable by this user; choose a writable place")
 
 
-def open_error(url: str, error: BaseException) -> StorageError:
+def open_error(url: str, error: BaseException) -> StudyStorageError:
     """The one line for a storage that failed to open (no password in it)."""
     text = _first_line(error)
     password = _password(url)
     if password:
         text = text.replace(password, "***")
-    return StorageError(f"cannot open hydra.sweeper.storage={redact(url)}: {text}")
+    return StudyStorageError(f"cannot open hydra.sweeper.storage={redact(url)}: {text}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -31,7 +31,6 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus, configure_log
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -40,10 +39,10 @@ from optuna.trial import TrialState
 
 from optimlab import objective as objectives
 from optimlab.config import overrides as ovr
-from optimlab.config.sweeps import SweepConfigError, check_objectives, check_settings, refuse
-from optimlab.errors import ConfigError, OptimlabError, Pruned
+from optimlab.config.sweeps import check_objectives, check_settings, refuse
+from optimlab.errors import ConfigError, OptimlabError, Pruned, SweepConfigError, SweepStopped
 from optimlab.run.folder import RunFolder
-from optimlab.run.signals import EXIT_CODES, status_of
+from optimlab.run.signals import EXIT_CODES, SAID, SIGNALS, status_of, status_of_signal
 from optimlab.sweeping import attempts, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
@@ -64,11 +63,6 @@ WORKER_KEYS = (
     "hydra.sweep.dir", "hydra.sweeper.storage", "hydra.sweeper.study_name", "hydra.sweeper.n_workers",
     "hydra.sweeper.worker_index", "hydra.sweeper.session", "hydra.sweeper.sampler.seed",
 )  # fmt: skip
-
-
-class SweepError(OptimlabError, CompactHydraException):
-    """A sweep that cannot go on (too many failed trials, a worker that died, a storage
-    that cannot be opened); Hydra prints it as one line, without a traceback."""
 
 
 def trial_dir_name(number: int) -> str:
@@ -208,7 +202,7 @@ class OptimlabSweeperImpl(Sweeper):
                 sys.stderr.flush()
                 raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
-                status = "interrupted" if self.stop.signum == signal.SIGINT else "preempted"
+                status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
                           status, signal.Signals(self.stop.signum).name)  # fmt: skip
                 raise SystemExit(EXIT_CODES[status])
@@ -420,16 +414,15 @@ class OptimlabSweeperImpl(Sweeper):
                 stopped = status_of(e)
                 for trial in batch:
                     if stopped:  # the run saved its last finished epoch: the trial goes on from there
-                        how = "Ctrl-C" if stopped == "interrupted" else "SIGTERM"
                         trial.set_user_attr(attempts.RESUMABLE, True)
                         trial.set_user_attr("status", stopped)
-                        self._fail(study, trial, f"worker pid {os.getpid()} on host {host} stopped by {how} ({stopped})")
+                        self._fail(study, trial, f"worker pid {os.getpid()} on host {host} stopped by {SAID[stopped]} ({stopped})")
                     else:
                         self._fail(study, trial, f"{type(e).__name__}: {e}")
                 summary.write_tables(study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
                 if stopped:
                     if self.stop.signum is None:
-                        self.stop.signum = signal.SIGINT if stopped == "interrupted" else signal.SIGTERM
+                        self.stop.signum = SIGNALS[stopped]
                     return
                 raise
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
@@ -507,14 +500,14 @@ class OptimlabSweeperImpl(Sweeper):
             if in_a_row >= self.n_trials:
                 # no reason in the line: with max_failure_rate=1.0 failures are not the sweep's error
                 # (upstream prints none); each trial's FAIL line and trials.csv say why
-                raise SweepError(
+                raise SweepStopped(
                     f"stopping the sweep: its last {in_a_row} trials failed in a row (with no failure limit, "
                     f"a sweep stops after n_trials={self.n_trials} failures in a row); why each failed: the "
                     f"fail_reason column of {self.sweep_dir / summary.TRIALS_FILE}"
                 )
         too_many = self.max_failures is not None and len(failed) > self.max_failures
         if too_many or len(failed) / len(mine) > self.max_failure_rate:
-            raise SweepError(
+            raise SweepStopped(
                 f"stopping the sweep: {len(failed)} of the {len(mine)} trials it finished failed "
                 f"(hydra.sweeper.max_failures={self.max_failures}, max_failure_rate={self.max_failure_rate}); "
                 f"last: trial {last.number}: {last.user_attrs['fail_reason']}. The study keeps its finished "
@@ -579,7 +572,7 @@ class OptimlabSweeperImpl(Sweeper):
         self._check_failures(study.get_trials(deepcopy=False), session)
         bad = [(i, c) for i, c in enumerate(codes) if c != 0]
         if bad:
-            raise SweepError(
+            raise SweepStopped(
                 "worker(s) " + ", ".join(f"{i} exited with code {c}" for i, c in bad)
                 + "; their errors are above. Run the same command to resume the study."
             )

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from optimlab.run.signals import Preempted
+from optimlab.run.signals import raise_for
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ PR_SET_PDEATHSIG = 1
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _raise(signum: int) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Preempted(f"signal {signal.Signals(signum).name}")
 
 
 class Stop:
@@ -65,7 +61,7 @@ class Stop:
         if first:  # a second signal (Ctrl-C reaches a worker from its terminal and its parent) only waits
             self.forward()
             if self._in_job:
-                _raise(signum)
+                raise_for(signum)
 
     def forward(self) -> None:
         if self.signum is None:
@@ -78,7 +74,7 @@ class Stop:
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
         if self.signum is not None:
-            _raise(self.signum)
+            raise_for(self.signum)
         self._in_job = True
         try:
             yield
