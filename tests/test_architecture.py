@@ -213,3 +213,26 @@ def test_error_types_live_in_errors_only():
                 ours = {k for k, v in vars(errors).items() if isinstance(v, type) and issubclass(v, BaseException)}
                 raises = any(b.endswith(("Error", "Exception", "Interrupt")) or b in ours for b in bases)
                 assert not raises, f"{name} defines the error type {node.name}: define it in optimlab/errors.py"
+
+
+def test_every_logger_keeps_the_one_small_interface():
+    """Each ``conf/logger`` entry is built as ``Logger(run: RunContext, **its YAML keys)``
+    and has the two calls of :class:`optimlab.observe.context.Logger`."""
+    import inspect
+
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    from optimlab.observe.context import Logger
+
+    for yaml in sorted((ROOT / "conf" / "logger").glob("*.yaml")):
+        for name, node in (OmegaConf.load(yaml) or {}).items():
+            cls = get_method(node["_target_"])
+            params = list(inspect.signature(cls).parameters)
+            assert params[0] == "run", f"{yaml.name}: {cls.__name__} must take the RunContext first, takes {params}"
+            own = {k for k in node if k != "_target_"}
+            assert own <= set(params[1:]), f"{yaml.name}: {cls.__name__} does not take {sorted(own - set(params))}"
+            for method in ("on_epoch_end", "on_run_end"):
+                theirs = list(inspect.signature(getattr(cls, method)).parameters)
+                ours = list(inspect.signature(getattr(Logger, method)).parameters)
+                assert len(theirs) == len(ours), f"{cls.__name__}.{method}{tuple(theirs)}: must match Logger.{method}"

@@ -26,7 +26,8 @@ def train(cfg: DictConfig) -> float:
     """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
     from optimlab.run import resume
     from optimlab.run.folder import RunFolder
-    from optimlab.sweeping.pruning import TrialLink, trial_callbacks
+    from optimlab.observe.context import TrialLink
+    from optimlab.sweeping.pruning import trial_callbacks
 
     hc = HydraConfig.get()
     # unresolved: an override such as lr=${nope} is validate()'s to report, not a crash here
@@ -48,7 +49,7 @@ def train(cfg: DictConfig) -> float:
             from optimlab.run.runner import run
 
             started = True
-            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=_sweep_of(TrialLink.from_env()))
+            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=TrialLink.from_env())
     except OptimlabError as e:
         # a resume's new folder says why it holds no run; a folder with results is never touched
         if not started and cfg.get("resume") not in (None, resume.AUTO) and not folder.holds_results():
@@ -68,13 +69,6 @@ def train(cfg: DictConfig) -> float:
         # the runner has already saved the state and written summary.json
         log.error("%s (%s): state saved in %s (summary.json status: %s)", status, signals.SAID[status], run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
-
-
-def _sweep_of(link):
-    """The study a trial belongs to, for the loggers (None for a single run)."""
-    from optimlab.observe.loggers import Sweep
-
-    return Sweep(study=link.study, trial=link.number, storage=link.storage) if link is not None else None
 
 
 # what to do when the optimizer does not read a knob set on the command line

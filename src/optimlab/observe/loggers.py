@@ -1,13 +1,12 @@
 """Experiment trackers: the ``logger`` config group (``logger=[tensorboard,mlflow]``).
 
-Every logger is a training callback built as ``Logger(log_dir, hparams, metric, direction,
-start_epoch, sweep, folder, objectives, **its own keys)`` and gets the same things: the run's
-hyperparameters when it starts, the per-epoch scalars (:data:`~optimlab.engine.training.LOGGER_TAGS`)
-and the objective(s) so far after each epoch, and at the end the final status, the test
-metrics and the objective(s) (``on_run_end(summary)``). ``sweep`` (a :class:`Sweep`, None for
-a single run) says which trial of which study the run is, so a tracker can group a sweep's
-trials (an MLflow parent run, a W&B group); ``folder`` is the run's RunFolder, for a logger
-that writes a file of the run folder (logger=csv); ``objectives``: [(metric, direction), ...].
+Every logger is a training callback built as ``Logger(run, **its own keys)`` from one
+:class:`~optimlab.observe.context.RunContext` (:class:`~optimlab.observe.context.Logger`
+is the interface) and gets the same things: the run's hyperparameters when it starts, the
+per-epoch scalars (:data:`~optimlab.engine.metrics.LOGGER_TAGS`) and the objective(s) so far
+after each epoch, and at the end the final status, the test metrics and the objective(s)
+(``on_run_end(summary)``). ``run.trial`` (None for a single run) says which trial of which
+study the run is, so a tracker can group a sweep's trials (an MLflow parent run, a W&B group).
 
 A logger that fails (its package missing, its server unreachable, its disk full) never
 fails the run: :class:`Guarded` logs one warning line and drops it; training and the run
@@ -17,17 +16,15 @@ folder go on as if it had never been there.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from optimlab import objective
 from optimlab.engine.training import LOGGER_TAGS, EpochResult, TrainState
+from optimlab.observe.context import RunContext, TrialLink
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +32,6 @@ log = logging.getLogger(__name__)
 EXTRAS = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
 # what every logger reports at the end, besides the per-epoch scalars
 TEST_TAGS = {"acc": "test/acc", "loss": "test/loss"}
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The study a run is a trial of: its name, the trial's number, and a short key that tells
-    two studies of the same name apart (a hash of the study's storage and name: no password)."""
-
-    study: str
-    trial: int
-    storage: str = ""
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha1(f"{self.storage}\n{self.study}".encode()).hexdigest()[:16]
 
 
 def _reason(e: BaseException) -> str:
@@ -104,11 +87,10 @@ class Objectives:
     for each of several (``objective.metrics``). Epoch metrics (val_acc, ...) are logged as
     their best so far after every epoch; every objective's final value at the end.
 
-    ``objectives``: [(metric, direction), ...] (:func:`optimlab.objective.targets`); None:
-    the one ``metric`` / ``direction``."""
+    ``objectives``: [(metric, direction), ...] (:func:`optimlab.objective.targets`)."""
 
-    def __init__(self, metric: str, direction: str, objectives=None):
-        pairs = [(str(m), str(d)) for m, d in (objectives or [(metric, direction)])]
+    def __init__(self, objectives):
+        pairs = [(str(m), str(d)) for m, d in objectives]
         several = len(pairs) > 1
         self.tags = {m: f"objective/{m}" if several else "objective" for m, _ in pairs}
         self.best = [BestSoFar(m, d) for m, d in pairs if m in objective.EPOCH_METRICS]
@@ -146,17 +128,15 @@ class CSVLogger:
     hyperparameters), then a last row with ``epoch=end``, the status and the test metrics.
     Rows of many runs concatenate into one long table (``run`` is the folder's name).
 
-    The file is the run folder's (``folder``: the runner's RunFolder names, reads and writes
-    it; each write replaces the whole file atomically, so a kill mid-write leaves the
-    previous version)."""
+    The file is the run folder's (``run.folder`` names, reads and writes it; each write
+    replaces the whole file atomically, so a kill mid-write leaves the previous version)."""
 
-    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep=None, folder=None, objectives=None):
-        if folder is None:
-            raise ValueError("the CSV logger writes through the run folder: give it folder=RunFolder(log_dir)")
-        self.folder = folder
-        self.hparams = dict(hparams)
-        self.run = Path(log_dir).name
-        self.objectives = Objectives(metric, direction, objectives)
+    def __init__(self, run: RunContext):
+        self.folder = folder = run.folder
+        self.hparams = dict(run.hparams)
+        self.run = run.log_dir.name
+        self.objectives = Objectives(run.objectives)
+        start_epoch = run.start_epoch
         self.columns = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
                         *TEST_TAGS.values(), *self.hparams]  # fmt: skip
         old = folder.read_log_table() if start_epoch else []  # resumed: keep the rows up to the checkpoint
@@ -206,8 +186,7 @@ class MLflowLogger:
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` in the environment win over them.
     """
 
-    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep: Sweep | None = None,
-                 folder=None, objectives=None, tracking_uri: str = "sqlite:///mlflow.db",
+    def __init__(self, run: RunContext, tracking_uri: str = "sqlite:///mlflow.db",
                  experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None,
                  http_retries: int = 2, http_timeout: float = 10):  # fmt: skip
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(http_retries)))
@@ -224,18 +203,18 @@ class MLflowLogger:
         self.client = MlflowClient(tracking_uri=str(tracking_uri))
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self._create_experiment(experiment)
-        run_tags = {"optimlab.run_dir": str(log_dir), **{str(k): str(v) for k, v in (tags or {}).items()}}
-        self.sweep, self.parent_id = sweep, None
-        if sweep is not None:
-            self.parent_id = self._study_run(sweep)
-            run_tags.update({PARENT_RUN_ID: self.parent_id, "optimlab.study": sweep.study,
-                             "optimlab.trial": str(sweep.trial)})  # fmt: skip
+        run_tags = {"optimlab.run_dir": str(run.log_dir), **{str(k): str(v) for k, v in (tags or {}).items()}}
+        self.trial, self.parent_id = run.trial, None
+        if run.trial is not None:
+            self.parent_id = self._study_run(run.trial)
+            run_tags.update({PARENT_RUN_ID: self.parent_id, "optimlab.study": run.trial.study,
+                             "optimlab.trial": str(run.trial.number)})  # fmt: skip
         self.run_id = self.client.create_run(
-            self.experiment_id, run_name=run_name or Path(log_dir).name, tags=run_tags
+            self.experiment_id, run_name=run_name or run.log_dir.name, tags=run_tags
         ).info.run_id
-        self.client.log_batch(self.run_id, params=[Param(str(k), str(v)[:6000]) for k, v in hparams.items()])
-        self.objectives = Objectives(metric, direction, objectives)
-        self.direction = direction
+        self.client.log_batch(self.run_id, params=[Param(str(k), str(v)[:6000]) for k, v in run.hparams.items()])
+        self.objectives = Objectives(run.objectives)
+        self.direction = run.objectives[0][1]
 
     def _create_experiment(self, name: str) -> str:
         try:
@@ -246,7 +225,7 @@ class MLflowLogger:
                 raise
             return found.experiment_id
 
-    def _study_run(self, sweep: Sweep) -> str:
+    def _study_run(self, sweep: TrialLink) -> str:
         """The study's parent run: found by its key, else created. Trials may start at once:
         each one that finds none creates one, then all agree on the oldest and the others
         are deleted, so a study has one parent run whatever the race."""
@@ -298,7 +277,7 @@ class MLflowLogger:
             direction = self.direction if tag == "objective" else objective.METRICS.get(tag.split("/", 1)[-1], "minimize")
             best[f"best_{tag}"] = value if old is None or objective.better(value, old, direction) else old
         now = _millis()
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, self.sweep.trial) for k, v in best.items()])
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, self.trial.number) for k, v in best.items()])
         self.client.set_terminated(self.parent_id, "FINISHED")
 
 
@@ -320,24 +299,24 @@ class WandbLogger:
     W&B's own environment variables (``WANDB_MODE``, ``WANDB_PROJECT``, ...) work as usual.
     """
 
-    def __init__(self, log_dir, hparams, metric, direction, start_epoch=0, sweep: Sweep | None = None,
-                 folder=None, objectives=None, project: str = "optimlab", entity: str | None = None,
+    def __init__(self, run: RunContext, project: str = "optimlab", entity: str | None = None,
                  mode: str | None = "offline", group: str | None = None, job_type: str | None = None,
                  name: str | None = None, tags: list | None = None):  # fmt: skip
         import wandb
 
         self.wandb = wandb
+        trial = run.trial
         self.run = wandb.init(
-            project=project, entity=entity, mode=mode, dir=str(log_dir), config=dict(hparams),
-            group=group or (sweep.study if sweep else None), job_type=job_type or ("trial" if sweep else "train"),
-            name=name or Path(log_dir).name, tags=[str(t) for t in tags or []],
+            project=project, entity=entity, mode=mode, dir=str(run.log_dir), config=dict(run.hparams),
+            group=group or (trial.study if trial else None), job_type=job_type or ("trial" if trial else "train"),
+            name=name or run.log_dir.name, tags=[str(t) for t in tags or []],
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
                                     save_code=False, init_timeout=30),  # fmt: skip
         )  # fmt: skip
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
-        self.objectives = Objectives(metric, direction, objectives)
+        self.objectives = Objectives(run.objectives)
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
         self.run.log({"epoch": result.epoch, **epoch_scalars(result), **self.objectives.epoch(result)})

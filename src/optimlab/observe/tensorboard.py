@@ -7,11 +7,11 @@ switches this off.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from optimlab.engine.metrics import EPOCH_METRICS, LOGGER_TAGS
 from optimlab.engine.training import EpochResult, TrainState
+from optimlab.observe.context import RunContext
 from optimlab.observe.loggers import TEST_TAGS, Objectives, end_scalars
 
 # what the HPARAMS tab lists as metrics besides the objective(s) (each one a scalar tag of the run)
@@ -21,15 +21,15 @@ HPARAM_METRICS = [*(LOGGER_TAGS[m] for m in reversed(EPOCH_METRICS)), *TEST_TAGS
 class TensorBoardLogger:
     """Training callback: one SummaryWriter on the run folder, closed at the end of the run."""
 
-    def __init__(self, log_dir: str | Path, hparams: dict[str, Any], metric: str, direction: str, start_epoch: int = 0,
-                 sweep=None, folder=None, objectives=None):  # fmt: skip
+    def __init__(self, run: RunContext):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         # purge_step: a resumed run drops events logged after its checkpoint
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_epoch + 1 if start_epoch else None)
-        self.objectives = Objectives(metric, direction, objectives)
-        self.hparams = hparams
+        start = run.start_epoch
+        self.writer = SummaryWriter(log_dir=str(run.log_dir), purge_step=start + 1 if start else None)
+        self.objectives = Objectives(run.objectives)
+        self.hparams = run.hparams
         metrics = [*dict.fromkeys(self.objectives.tags.values()), *HPARAM_METRICS]
         experiment, session_start, _ = hparams_summary(self.hparams, {m: 0.0 for m in metrics})
         self.writer.file_writer.add_summary(experiment)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from optimlab.engine.packed import PACK_MEMORY_SHARE, check_packable, fit_packed, free_bytes, pack_limit, trial_bytes
 from optimlab.errors import OptimlabError
-from optimlab.observe.loggers import Sweep
+from optimlab.observe.context import TrialLink
 from optimlab.run import signals
 from optimlab.run.runner import Prepared, prepare
 
@@ -33,7 +33,7 @@ def run_packed(
     run_dirs: Sequence[str],
     overrides_list: Sequence[list[str]],
     callbacks_list: Sequence[Sequence[Any]],
-    sweeps: Sequence[Sweep | None] | None = None,
+    sweeps: Sequence[TrialLink | None] | None = None,
     free: int | None = None,
 ) -> list[Outcome]:
     """Train the (checked) ``cfgs`` together, one folder each; per run, its objective value(s)

@@ -23,7 +23,8 @@ from optimlab.engine.devices import resolve_device, resolve_precision, seed_ever
 from optimlab.engine.metrics import VAL_LOSS
 from optimlab.engine.training import EpochResult, LoopConfig, TrainState, evaluate, fit
 from optimlab.errors import STORAGE_ERRNOS, OptimlabError, StorageError
-from optimlab.observe.loggers import Guarded, Sweep
+from optimlab.observe.context import RunContext, TrialLink
+from optimlab.observe.loggers import Guarded
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.profiler import StepProfiler
 from optimlab.observe.progress import ConsoleProgress
@@ -120,7 +121,7 @@ class Timed:
 
 
 def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: TrainState, n_train: int,
-              sweep: Sweep | None = None) -> list:  # fmt: skip
+              sweep: TrialLink | None = None) -> list:  # fmt: skip
     """Callbacks that only watch: console progress, curves.png, the profiler (debug=profile),
     the ``logger`` group's trackers."""
     found: list = [ConsoleProgress(cfg.epochs, cfg.batch_size, n_train, quiet=cfg.quiet)]
@@ -131,14 +132,13 @@ def observers(cfg: DictConfig, folder: RunFolder, overrides: list[str], state: T
         found.append(StepProfiler(folder.profile_trace_path, steps=profile.steps, warmup=profile.get("warmup", 1),
                                   memory=profile.get("memory", False), shapes=profile.get("shapes", False)))  # fmt: skip
     metrics, directions = objective.targets(cfg.objective)
-    common = {"log_dir": str(folder.path), "hparams": describe.hparams(cfg, overrides), "metric": cfg.objective.metric,
-              "direction": cfg.objective.direction, "start_epoch": state.epoch, "sweep": sweep, "folder": folder,
-              "objectives": list(zip(metrics, directions))}  # fmt: skip
+    context = RunContext(folder=folder, hparams=describe.hparams(cfg, overrides), objectives=tuple(zip(metrics, directions)),
+                         start_epoch=state.epoch, trial=sweep)  # fmt: skip
     for name, node in (cfg.get("logger") or {}).items():
         if name == "tensorboard" and not cfg.tensorboard:
             continue
         own = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
-        found.append(Guarded(name, lambda node=node, own=own: get_method(node._target_)(**common, **own)))
+        found.append(Guarded(name, lambda node=node, own=own: get_method(node._target_)(context, **own)))
     return found
 
 
@@ -232,7 +232,7 @@ class Prepared:
     t_trained: float | None = None
     t_tested: float | None = None
     parts: dict[str, float] = field(default_factory=dict)  # setup and callback seconds, by part
-    sweep: Sweep | None = None  # the study this run is a trial of (loggers group its trials)
+    sweep: TrialLink | None = None  # the study this run is a trial of (loggers group its trials)
 
     def durations(self) -> dict[str, float]:
         now = time.perf_counter()
@@ -310,7 +310,7 @@ class Prepared:
 
 def prepare(
     cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, resume: Resume | None = None,
-    data: datasets.DeviceData | None = None, sweep: Sweep | None = None,
+    data: datasets.DeviceData | None = None, sweep: TrialLink | None = None,
 ) -> Prepared:  # fmt: skip
     """Build everything a run of the (checked) ``cfg`` trains: device, data (``data`` when given:
     loaded once for several runs), model, optimizer, scheduler, the resumed state. Writes
@@ -371,7 +371,7 @@ def prepare(
 
 def run(
     cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, callbacks=(), resume: Resume | None = None,
-    sweep: Sweep | None = None,
+    sweep: TrialLink | None = None,
 ) -> float | tuple[float, ...]:
     """Train once as the (checked) ``cfg`` says, write the run folder, return the objective value
     (a tuple of values with several ``objective.metrics``).

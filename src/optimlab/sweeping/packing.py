@@ -31,6 +31,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optimlab.config import knobs
+from optimlab.observe.context import TrialLink
 from optimlab.config import overrides as ovr
 from optimlab.config.sweeps import PACK_AUTO
 
@@ -172,7 +173,6 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
     from optimlab.config import validate
     from optimlab.run import resume
     from optimlab.run.folder import RunFolder
-    from optimlab.observe.loggers import Sweep
     from optimlab.run.packed import run_packed
     from optimlab.sweeping.pruning import TRIAL_ENV, PruningCallback
 
@@ -213,7 +213,7 @@ def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]
                     outcomes = run_packed(
                         [j.cfg for j in packed], [j.run_dir for j in packed], [j.task_overrides for j in packed],
                         [[] if multi else [PruningCallback.for_run(j.trial, j.cfg)] for j in packed],
-                        [Sweep(study=sweeper.study_name, trial=j.trial.number, storage=sweeper.storage_url) for j in packed],
+                        [TrialLink(storage=sweeper.storage_url, study=sweeper.study_name, number=j.trial.number) for j in packed],
                     )  # fmt: skip
                 for job, outcome in zip(packed, outcomes):
                     job.done(outcome)

@@ -10,36 +10,14 @@ pruner built by :func:`make_pruner` from the same sweeper config the sweeper use
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from optimlab.errors import Pruned
+from optimlab.observe.context import TRIAL_ENV, TrialLink  # noqa: F401  (TRIAL_ENV: re-exported)
 
 log = logging.getLogger(__name__)
-
-TRIAL_ENV = "OPTIMLAB_TRIAL"
-
-
-@dataclass(frozen=True)
-class TrialLink:
-    """Which trial of which study a job is."""
-
-    storage: str
-    study: str
-    number: int
-
-    def env(self) -> dict[str, str]:
-        return {TRIAL_ENV: json.dumps(asdict(self))}
-
-    @classmethod
-    def from_env(cls) -> TrialLink | None:
-        raw = os.environ.get(TRIAL_ENV)
-        return cls(**json.loads(raw)) if raw else None
-
 
 def make_pruner(pruner_cfg: Any):
     """THE pruner of a sweep (sweeper and trials alike): the config's, or none."""

@@ -46,7 +46,8 @@ from optimlab.run.signals import EXIT_CODES, SAID, SIGNALS, status_of, status_of
 from optimlab.sweeping import attempts, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
-from optimlab.sweeping.pruning import TrialLink, make_pruner
+from optimlab.observe.context import TrialLink
+from optimlab.sweeping.pruning import make_pruner
 from optimlab.sweeping.storage import _cache as storage_cache
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact, study_lock
 
