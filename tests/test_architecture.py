@@ -4,6 +4,8 @@
 - Layers only import downwards (base < engine < config, observe < run < sweeping < entry points).
 - Module-level imports form no cycle.
 - Only ``run/folder.py`` names the run folder's files.
+- Each shared fact (directions, metric names, the storage errno list, error types) has one owner.
+- No class over 250 lines, no function over 60.
 """
 
 from __future__ import annotations
@@ -236,3 +238,17 @@ def test_every_logger_keeps_the_one_small_interface():
                 theirs = list(inspect.signature(getattr(cls, method)).parameters)
                 ours = list(inspect.signature(getattr(Logger, method)).parameters)
                 assert len(theirs) == len(ours), f"{cls.__name__}.{method}{tuple(theirs)}: must match Logger.{method}"
+
+
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 250, 60
+
+
+def test_no_class_or_function_is_too_long_to_read():
+    """Small units a newcomer can read whole: no class over 250 lines, no function over 60."""
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef):
+                assert lines <= MAX_CLASS_LINES, f"{name}.{node.name} is {lines} lines (at most {MAX_CLASS_LINES})"
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert lines <= MAX_FUNCTION_LINES, f"{name}: {node.name}() is {lines} lines (at most {MAX_FUNCTION_LINES})"

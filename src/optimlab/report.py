@@ -33,7 +33,7 @@ from optimlab.engine.metrics import SECONDS, VAL_ACC, VAL_LOSS
 from optimlab.files import atomic_write_text
 from optimlab.observe.plots import plot_comparison
 from optimlab.observe.tables import render
-from optimlab.run.folder import RunFolder
+from optimlab.run.folder import RunFolder, run_folders_under
 
 REPORT_CSV = "report.csv"
 REPORT_PNG = "report.png"
@@ -77,7 +77,7 @@ def natural_key(text: str) -> list:
 
 def find_runs(root: Path) -> list[Path]:
     """Run folders at or under ``root``, in natural order."""
-    return sorted(RunFolder.find(root), key=lambda p: natural_key(str(p.relative_to(root))))
+    return sorted(run_folders_under(root), key=lambda p: natural_key(str(p.relative_to(root))))
 
 
 def _finite(x: Any) -> float | None:

@@ -79,8 +79,6 @@ def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: M
     objects, lists or plain values. ``choices`` are the config groups (group → chosen option);
     by default ``cfg.hydra.runtime.choices`` when ``cfg`` has Hydra's node.
     """
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
     if choices is None:
         hydra_node = cfg.get("hydra") if "hydra" in cfg else None
         choices = dict(hydra_node.runtime.choices) if hydra_node is not None else {}
@@ -91,19 +89,9 @@ def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: M
         key = key.lstrip("+~")
         value = _parse(key, spec)
         where = f"search space {key}={spec}"
-
         if key in choices:  # a config group: its options must exist
-            options = _group_options(key)
-            values = value.list if isinstance(value, ChoiceSweep) else [value]
-            if options is not None:
-                for v in values:
-                    if str(v) not in options:
-                        raise SweepConfigError(
-                            f"{where}: {v!r} is not an option of {key}; choose from "
-                            f"{', '.join(options)}{_did_you_mean(str(v), options)}"
-                        )
+            _check_group_options(key, value, where)
             continue
-
         if not adding and OmegaConf.select(job, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(job, parent) if parent else job
@@ -112,40 +100,55 @@ def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: M
                 f"{where}: the key {key!r} does not exist in the config{_did_you_mean(leaf, known)} "
                 f"(use +{key} to add a new key)"
             )
-
-        candidates: list[Any]
-        if isinstance(value, IntervalSweep):
-            low, high = value.start, value.end
-            if low is None or high is None or not low < high:
-                raise SweepConfigError(f"{where}: interval needs low < high, got low={low}, high={high}")
-            if "log" in (value.tags or set()) and low <= 0:
-                raise SweepConfigError(f"{where}: a log-scale interval needs low > 0, got low={low}")
-            if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
-                candidates = [low, high]
-            else:
-                candidates = [float(low), float(high)]
-        elif isinstance(value, RangeSweep):
-            start, stop, step = value.start, value.stop, value.step
-            if step is None or step <= 0 or not start < stop:
-                raise SweepConfigError(f"{where}: range needs start < stop and step > 0, got {start}, {stop}, {step}")
-            if "log" in (value.tags or set()) and start <= 0:
-                raise SweepConfigError(f"{where}: a log-scale range needs start > 0, got start={start}")
-            candidates = [start, stop - step if isinstance(stop, int) and isinstance(step, int) else start]
-        elif isinstance(value, ChoiceSweep):
-            if not value.list:
-                raise SweepConfigError(f"{where}: choice needs at least one option")
-            candidates = list(value.list)
-        else:
-            candidates = [value]
-
         # Every endpoint / option must be a value a single run accepts.
-        for candidate in candidates:
+        for candidate in _candidates(value, where):
             trial = copy.deepcopy(job)
             OmegaConf.update(trial, key, candidate, merge=False, force_add=True)
             try:
                 validate(trial)
             except ConfigError as e:
                 raise SweepConfigError(f"{where}: {e}") from None
+
+
+def _check_group_options(key: str, value: Any, where: str) -> None:
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    options = _group_options(key)
+    if options is None:
+        return
+    for v in value.list if isinstance(value, ChoiceSweep) else [value]:
+        if str(v) not in options:
+            raise SweepConfigError(
+                f"{where}: {v!r} is not an option of {key}; choose from {', '.join(options)}{_did_you_mean(str(v), options)}"
+            )
+
+
+def _candidates(value: Any, where: str) -> list[Any]:
+    """The values a sweep spec reaches at its ends (an interval's bounds, a range's first and
+    last, every option of a choice); SweepConfigError when the spec itself is empty or inverted."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    if isinstance(value, IntervalSweep):
+        low, high = value.start, value.end
+        if low is None or high is None or not low < high:
+            raise SweepConfigError(f"{where}: interval needs low < high, got low={low}, high={high}")
+        if "log" in (value.tags or set()) and low <= 0:
+            raise SweepConfigError(f"{where}: a log-scale interval needs low > 0, got low={low}")
+        if isinstance(low, int) and isinstance(high, int) and not isinstance(low, bool):
+            return [low, high]
+        return [float(low), float(high)]
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if step is None or step <= 0 or not start < stop:
+            raise SweepConfigError(f"{where}: range needs start < stop and step > 0, got {start}, {stop}, {step}")
+        if "log" in (value.tags or set()) and start <= 0:
+            raise SweepConfigError(f"{where}: a log-scale range needs start > 0, got start={start}")
+        return [start, stop - step if isinstance(stop, int) and isinstance(step, int) else start]
+    if isinstance(value, ChoiceSweep):
+        if not value.list:
+            raise SweepConfigError(f"{where}: choice needs at least one option")
+        return list(value.list)
+    return [value]
 
 
 def _check_target(node: Any, what: str) -> None:

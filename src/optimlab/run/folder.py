@@ -78,6 +78,31 @@ class Checkpoint:
         set_rng_states(ckpt["rng"])
 
 
+def is_run_folder(path: Path) -> bool:
+    return any((Path(path) / m).exists() for m in MARKERS)
+
+
+def run_folders_under(root: Path) -> list[Path]:
+    """Run folders at or under ``root``."""
+    if is_run_folder(root):
+        return [root]
+    found: set[Path] = set()
+    for marker in MARKERS:
+        for hit in root.rglob(marker):
+            found.add(hit.parent.parent if marker.startswith(HYDRA_DIR) else hit.parent)
+    return sorted(found)
+
+
+def is_sweep_folder(path: Path) -> bool:
+    """A sweep's folder (``multirun/...``), not one of its trials' run folders."""
+    path = Path(path)
+    if not path.is_dir() or is_run_folder(path):
+        return False
+    if any((path / m).exists() for m in SWEEP_MARKERS):
+        return True
+    return any(child.is_dir() and is_run_folder(child) for child in path.iterdir())
+
+
 class RunFolder:
     """One run's output folder (Hydra's ``runtime.output_dir``)."""
 
@@ -85,21 +110,6 @@ class RunFolder:
         self.path = Path(path)
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def is_run_folder(path: Path) -> bool:
-        return any((path / m).exists() for m in MARKERS)
-
-    @classmethod
-    def find(cls, root: Path) -> list[Path]:
-        """Run folders at or under ``root``."""
-        if cls.is_run_folder(root):
-            return [root]
-        found: set[Path] = set()
-        for marker in MARKERS:
-            for hit in root.rglob(marker):
-                found.add(hit.parent.parent if marker.startswith(HYDRA_DIR) else hit.parent)
-        return sorted(found)
 
     # ------------------------------------------------------------------ metrics.csv
 
@@ -318,16 +328,6 @@ class RunFolder:
             return True
         found = self.read_summary()
         return found is UNREADABLE or (isinstance(found, dict) and found.get("status") != "invalid_config")
-
-    @staticmethod
-    def is_sweep_folder(path: Path) -> bool:
-        """A sweep's folder (``multirun/...``), not one of its trials' run folders."""
-        path = Path(path)
-        if not path.is_dir() or RunFolder.is_run_folder(path):
-            return False
-        if any((path / m).exists() for m in SWEEP_MARKERS):
-            return True
-        return any(child.is_dir() and RunFolder.is_run_folder(child) for child in path.iterdir())
 
     # ------------------------------------------------------------------ one owner
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import resolvers
 from optimlab.errors import ConfigError, OptimlabError
-from optimlab.run.folder import UNREADABLE, RunFolder
+from optimlab.run.folder import UNREADABLE, RunFolder, is_sweep_folder
 from optimlab.run.provenance import git_info, versions
 
 log = logging.getLogger("optimlab.rerun")
@@ -127,7 +127,7 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
     try:
         if not original.path.is_dir():
             raise ConfigError(f"run folder {args.run_dir} does not exist")
-        if RunFolder.is_sweep_folder(original.path):
+        if is_sweep_folder(original.path):
             from optimlab.run.resume import sweep_folder_message
 
             raise ConfigError(sweep_folder_message(original.path, "re-run"))

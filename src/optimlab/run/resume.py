@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from optimlab.config import CONFIG_DIR
 from optimlab.config import overrides as ovr
 from optimlab.errors import CheckpointError, ConfigError, FolderTaken
-from optimlab.run.folder import Checkpoint, RunFolder
+from optimlab.run.folder import Checkpoint, RunFolder, is_sweep_folder
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def prepare(cfg: DictConfig, overrides: list[str], run_dir: str | Path | None = 
     """
     source = source_of(cfg)
     in_place = run_dir is not None and Path(run_dir).absolute() == source
-    if RunFolder.is_sweep_folder(source):
+    if is_sweep_folder(source):
         raise CheckpointError(sweep_folder_message(source, "resume"))
     folder = RunFolder(source, create=False)
     ckpt = folder.load_checkpoint()
@@ -229,7 +229,7 @@ def for_run_folder(run_dir: str | Path, cfg: DictConfig, overrides: list[str]) -
     source = source_of(cfg)
     if source is not None and source == path:
         return prepare(cfg, overrides, run_dir=path)
-    if RunFolder.is_sweep_folder(path):
+    if is_sweep_folder(path):
         raise FolderTaken(
             f"{path} is a sweep folder: a single run cannot write into it; give the run another hydra.run.dir"
         )
