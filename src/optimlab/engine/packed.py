@@ -8,6 +8,9 @@ trial's gradient lands in its own leaves' ``.grad``), one ``torch.func.vmap`` of
 (the trials share no parameter, so the sum's gradient w.r.t. a trial's parameters is that
 trial's own gradient) and one backward pass fills every trial's gradients. Then each trial
 takes its own ``optimizer.step()`` and scheduler step, exactly as ``train_one_epoch`` does.
+Everything else a step or an epoch does (the step losses, batch hooks and divergence check,
+the epoch's clock, scheduler step, EpochResult and callbacks) is ``engine.training``'s own
+code, called per trial: a pack supplies only the stacked forward/backward and the steps.
 
 Buffers (BatchNorm running statistics) are stacked once per epoch, updated in place by the
 vmapped forward (only a batched buffer can be written under vmap) and written back to each
@@ -30,17 +33,17 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
 from optimlab.engine.data import DeviceData
-from optimlab.engine.metrics import EpochResult
-from optimlab.engine.training import Callback, LoopConfig, TrainState, _check_finite, autocast, end_epoch, evaluate
+from optimlab.engine.training import (
+    BatchHook, Callback, EpochClock, LoopConfig, StepLosses, TrainState, autocast, batch_hooks, end_epoch, evaluate,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -205,22 +208,38 @@ class Pack:
         return {name: torch.stack(column) for name, column in zip(self.param_names, self.columns)}
 
     def remove(self, keep: Sequence[int]) -> None:
-        """Keep only the trials at ``keep`` (indices into the current pack); buffers written back first."""
+        """Mid-epoch: keep only the trials at ``keep`` (indices into the current pack), their
+        buffers written back to every model first."""
         self.write_back_buffers()
-        self.states = [self.states[i] for i in keep]
+        self.restack([self.states[i] for i in keep])
+
+    def restack(self, states: Sequence[TrainState]) -> None:
+        """Between epochs, where each model holds the truth: the pack is ``states``, stacked afresh."""
+        self.states = list(states)
         if self.states:
             self.stack_buffers()
 
 
-def _stack_batches(iterators: list, groups: list[int]):
-    """Next batch of every distinct seed; (x, y, in_dim): shared when there is one seed."""
-    batches = [next(it) for it in iterators]
-    if len(batches) == 1:
-        x, y = batches[0]
-        return x, y, None
-    xs = torch.stack([batches[g][0] for g in groups])
-    ys = torch.stack([batches[g][1] for g in groups])
-    return xs, ys, 0
+class _Batches:
+    """A pack's training batches for one epoch: one iterator per distinct seed (trials with the
+    same seed see the same batches), stacked in pack order, or one shared batch (``in_dim``
+    None) when one seed is left."""
+
+    def __init__(self, data: DeviceData, batch_size: int, epoch: int, seeds: Sequence[int]):
+        self.seeds = list(seeds)
+        self.iterators = {seed: iter(data.train_batches(batch_size, seed, epoch)) for seed in dict.fromkeys(seeds)}
+
+    def keep(self, seeds: Sequence[int]) -> None:
+        """The seeds of the trials still in the pack, in pack order."""
+        self.seeds = list(seeds)
+        self.iterators = {seed: it for seed, it in self.iterators.items() if seed in self.seeds}
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        batches = {seed: next(it) for seed, it in self.iterators.items()}
+        if len(batches) == 1:
+            ((x, y),) = batches.values()
+            return x, y, None
+        return torch.stack([batches[s][0] for s in self.seeds]), torch.stack([batches[s][1] for s in self.seeds]), 0
 
 
 # --------------------------------------------------------------------------- training
@@ -259,83 +278,67 @@ def step_trials(states: Sequence[TrainState], intervals: Sequence[str]) -> None:
             state.scheduler.step()
 
 
-def _trial_seeds(pack: Pack, cfgs_of: dict[int, LoopConfig]) -> tuple[list[int], list[int]]:
-    """(the distinct seeds, for each active trial the index of its seed among them)."""
-    seeds: list[int] = []
-    groups = []
-    for state in pack.states:
-        seed = cfgs_of[id(state)].seed
-        if seed not in seeds:
-            seeds.append(seed)
-        groups.append(seeds.index(seed))
-    return seeds, groups
+@dataclass(eq=False)
+class _Trial:
+    """One trial of a pack: its state, loop settings and callbacks; the error it left with."""
+
+    state: TrainState
+    cfg: LoopConfig
+    callbacks: list[Callback]
+    hooks: list[BatchHook] = field(init=False)
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.hooks = batch_hooks(self.callbacks)
 
 
-def _train_packed_epoch(
-    pack: Pack,
-    data: DeviceData,
-    cfgs_of: dict[int, LoopConfig],
-    hooks_of: dict[int, list],
-    results: dict[int, BaseException | None],
-) -> dict[int, float]:
+def _trials(states: Sequence[TrainState], cfgs: Sequence[LoopConfig], callbacks) -> dict[int, _Trial]:
+    """The pack's trials by ``id(state)``; ValueError if they cannot share one pack."""
+    states, cfgs, callbacks = list(states), list(cfgs), [list(c) for c in callbacks]
+    if len(callbacks) != len(states):
+        raise ValueError(f"a pack needs one callback list per trial: {len(states)} states, {len(callbacks)} lists")
+    check_packable(states, cfgs)
+    if len({id(s) for s in states}) != len(states):
+        raise ValueError("a pack cannot hold the same TrainState twice")
+    return {id(s): _Trial(s, c, cb) for s, c, cb in zip(states, cfgs, callbacks)}
+
+
+def _train_packed_epoch(pack: Pack, data: DeviceData, trials: dict[int, _Trial]) -> dict[int, float]:
     """One epoch for every trial in the pack; returns each surviving trial's mean training loss
-    (keyed by id(state)); trials that diverge or whose batch hook raises leave ``pack``."""
-    cfg0 = cfgs_of[id(pack.states[0])]
-    device, precision = data.device, cfg0.precision
-    epoch = pack.states[0].epoch
-    n_steps = data.steps_per_epoch(cfg0.batch_size)
+    (keyed by id(state)); a trial that diverges or whose batch hook raises leaves ``pack``
+    with that error."""
+    cfg = trials[id(pack.states[0])].cfg
+    n_steps = data.steps_per_epoch(cfg.batch_size)
     loss_one = losses_fn(pack.template)
     pack.template.train()
+    losses: dict[int, StepLosses] = {}
     for state in pack.states:
         state.model.train()
-    step_losses = {id(s): torch.zeros(n_steps, device=device) for s in pack.states}
-    step_sizes = torch.zeros(n_steps, device=device)
-    seeds, groups = _trial_seeds(pack, cfgs_of)
-    iterators = [iter(data.train_batches(cfg0.batch_size, seed, epoch)) for seed in seeds]
-    any_hooks = any(hooks_of[id(s)] for s in pack.states)
-
-    def drop(leaving: dict[int, BaseException]) -> None:
-        nonlocal seeds, groups, iterators
-        for key, err in leaving.items():
-            results[key] = err
-        keep = [i for i, s in enumerate(pack.states) if id(s) not in leaving]
-        old_seeds = seeds
-        pack.remove(keep)
-        seeds, groups = _trial_seeds(pack, cfgs_of)
-        iterators = [iterators[old_seeds.index(s)] for s in seeds]
-
+        trial = trials[id(state)]
+        losses[id(state)] = StepLosses(state, trial.cfg, n_steps, data.device, trial.hooks)
+    batches = _Batches(data, cfg.batch_size, pack.states[0].epoch, [trials[id(s)].cfg.seed for s in pack.states])
+    any_hooks = any(trials[id(s)].hooks for s in pack.states)
     try:
-        for step in range(n_steps):
-            if not pack.states:
-                break
-            x, y, in_dim = _stack_batches(iterators, groups)
+        for _ in range(n_steps):
             states = pack.states
-            detached = forward_backward(pack, loss_one, x, y, in_dim, precision)
-            step_trials(states, [cfgs_of[id(s)].interval for s in states])
-            for k, state in enumerate(states):
-                step_losses[id(state)][step] = detached[k]
-            step_sizes[step] = y.shape[-1]
-            leaving: dict[int, BaseException] = {}
+            x, y, in_dim = batches.next()
+            detached = forward_backward(pack, loss_one, x, y, in_dim, cfg.precision)
+            step_trials(states, [trials[id(s)].cfg.interval for s in states])
             if any_hooks:
-                pack.write_back_buffers()
-                for state in states:
-                    try:
-                        for hook in hooks_of[id(state)]:
-                            hook(state, step + 1, n_steps, step_losses[id(state)][: step + 1])
-                    except Exception as e:  # noqa: BLE001  (the trial leaves; signals propagate)
-                        leaving[id(state)] = e
-            for state in states:
-                key = id(state)
-                if key not in leaving and ((step + 1) % cfgs_of[key].check_every == 0 or step + 1 == n_steps):
-                    try:
-                        _check_finite(step_losses[key], step + 1, epoch)
-                    except Exception as e:  # noqa: BLE001  (Diverged: the trial leaves)
-                        leaving[key] = e
-            if leaving:
-                drop(leaving)
+                pack.write_back_buffers()  # a hook sees its own model's statistics
+            for k, state in enumerate(states):
+                try:
+                    losses[id(state)].add(detached[k], y.shape[-1])
+                except Exception as e:  # noqa: BLE001  (Diverged, a hook's stop: the trial leaves; signals propagate)
+                    trials[id(state)].error = e
+            if any(trials[id(s)].error is not None for s in states):
+                pack.remove([i for i, s in enumerate(states) if trials[id(s)].error is None])
+                if not pack.states:
+                    break
+                batches.keep([trials[id(s)].cfg.seed for s in pack.states])
     finally:  # also when a signal unwinds mid-epoch: each model holds its own statistics
         pack.write_back_buffers()
-    return {id(s): float((step_losses[id(s)] * step_sizes).sum() / step_sizes.sum()) for s in pack.states}
+    return {id(s): losses[id(s)].mean() for s in pack.states}
 
 
 def fit_packed(
@@ -349,7 +352,8 @@ def fit_packed(
     All states start at the same epoch; the configs must agree on ``epochs``, ``batch_size``,
     ``precision``, ``eval_batch_size`` and ``compile`` (else ValueError, see
     :func:`check_packable`); they may differ in seed, interval, monitor and check_every.
-    Per trial this does exactly what ``engine.training.fit`` does: an EpochResult appended to
+    Per trial this does exactly what ``engine.training.fit`` does, with its code
+    (``StepLosses``, ``EpochClock``, ``end_epoch``): an EpochResult appended to
     ``state.history`` per epoch, the scheduler stepped at its interval, the trial's callbacks'
     ``on_epoch_end(result, state)`` (and optional ``on_batch_end``) called with the trial's
     own model holding its own parameters and buffers.
@@ -358,58 +362,26 @@ def fit_packed(
     made it leave the pack (``Diverged`` as a solo run raises it, a callback's ``Pruned`` or
     stop). KeyboardInterrupt and SystemExit propagate to the caller.
     """
-    states, cfgs = list(states), list(cfgs)
-    callbacks = [list(c) for c in callbacks]
-    if len(callbacks) != len(states):
-        raise ValueError(f"a pack needs one callback list per trial: {len(states)} states, {len(callbacks)} lists")
-    check_packable(states, cfgs)
-    if len({id(s) for s in states}) != len(states):
-        raise ValueError("a pack cannot hold the same TrainState twice")
+    trials = _trials(states, cfgs, callbacks)
     if cfgs[0].compile:
         log.info("packed trials run their models uncompiled (torch.compile is not applied to a pack)")
-    results: dict[int, BaseException | None] = {id(s): None for s in states}
-    cfgs_of = {id(s): c for s, c in zip(states, cfgs)}
-    callbacks_of = {id(s): cb for s, cb in zip(states, callbacks)}
-    hooks_of = {id(s): [cb.on_batch_end for cb in cb_list if hasattr(cb, "on_batch_end")] for s, cb_list in zip(states, callbacks)}
-    n_train = len(data.train)
-    epochs = cfgs[0].epochs
-    pack = Pack([s for s in states])
-    while pack.states and pack.states[0].epoch < epochs:
-        lrs = {id(s): s.optimizer.param_groups[0]["lr"] for s in pack.states}  # the lr each epoch starts with
-        t0 = time.perf_counter()
-        train_losses = _train_packed_epoch(pack, data, cfgs_of, hooks_of, results)
+    pack = Pack(states)
+    while pack.states and pack.states[0].epoch < cfgs[0].epochs:
+        clock = EpochClock(pack.states, data)
+        train_losses = _train_packed_epoch(pack, data, trials)
         if not pack.states:
             break
-        if data.device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t0
-        metrics = packed_evaluate(pack.states, data, "val", cfgs_of[id(pack.states[0])])
-        leaving: dict[int, BaseException] = {}
-        for state, (val_loss, val_acc) in zip(list(pack.states), metrics):
-            key = id(state)
-            end_epoch(state, cfgs_of[key], val_loss, val_acc)
-            result = EpochResult(
-                epoch=state.epoch,
-                lr=lrs[key],
-                train_loss=train_losses[key],
-                val_loss=val_loss,
-                val_acc=val_acc,
-                seconds=time.perf_counter() - t0,
-                images_per_s=n_train / train_seconds if train_seconds > 0 else math.inf,
-            )
-            state.history.append(result)
+        clock.trained()
+        metrics = packed_evaluate(pack.states, data, "val", trials[id(pack.states[0])].cfg)
+        for state, (val_loss, val_acc) in zip(pack.states, metrics):
+            trial = trials[id(state)]
             try:
-                for callback in callbacks_of[key]:
-                    callback.on_epoch_end(result, state)
+                end_epoch(state, trial.cfg, clock, train_losses[id(state)], val_loss, val_acc, trial.callbacks)
             except Exception as e:  # noqa: BLE001  (Pruned, a stop: the trial leaves; signals propagate)
-                leaving[key] = e
-        if leaving:
-            for key, err in leaving.items():
-                results[key] = err
-            pack.remove([i for i, s in enumerate(pack.states) if id(s) not in leaving])
-        elif pack.states:
-            pack.stack_buffers()  # a callback may have touched a model's buffers (it holds the truth)
-    return [results[id(s)] for s in states]
+                trial.error = e
+        # each model holds the truth now (a callback may have touched its buffers): restack
+        pack.restack([s for s in pack.states if trials[id(s)].error is None])
+    return [trials[id(s)].error for s in states]
 
 
 # --------------------------------------------------------------------------- evaluation

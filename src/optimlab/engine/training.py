@@ -8,6 +8,12 @@ optimizer.step()``, then the scheduler at its own granularity (never *instead of
 Anything outside the loop (metrics files, checkpoints, progress, a sweeper's
 pruning) hooks in through callbacks' ``on_epoch_end(result, state)``; a callback
 stops training by raising.
+
+What a step and an epoch leave behind is written once, here, for solo and packed
+training (:mod:`optimlab.engine.packed`) alike: :class:`StepLosses` (the step losses,
+the batch hooks, the divergence check, the epoch's mean loss), :class:`EpochClock`
+and :func:`end_epoch` (the scheduler's epoch step, the EpochResult, the callbacks).
+A pack supplies only its stacked forward/backward and each trial's optimizer step.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class TrainState:
 class Callback(Protocol):
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None: ...
 
-    # optional: on_batch_end(state, step, n_steps, losses), see train_one_epoch
+    # optional: on_batch_end(state, step, n_steps, losses), see StepLosses
 
 
 BatchHook = Callable[[TrainState, int, int, torch.Tensor], None]
@@ -140,23 +146,52 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int) -> None:
     raise Diverged(epoch=epoch + 1, step=bad + 1, loss=float(window[bad]), last_finite_loss=last)
 
 
-def train_one_epoch(
-    state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module, on_batch_end: BatchHook | None = None
-) -> float:
-    """One pass over the training split; returns the mean training loss.
+def batch_hooks(callbacks: Sequence[Callback]) -> list[BatchHook]:
+    """The callbacks' optional ``on_batch_end`` hooks, in order."""
+    return [cb.on_batch_end for cb in callbacks if hasattr(cb, "on_batch_end")]
 
-    ``on_batch_end(state, step, n_steps, losses)`` (a progress bar) runs after each step
-    with the detached losses of steps 1..step; reading them syncs the device, so it
-    should do so only now and then.
+
+class StepLosses:
+    """One model's training losses over one epoch, step by step, solo or in a pack.
+
+    Each step's loss is kept detached on the device (no graph), shown to the batch hooks
+    (``hook(state, step, n_steps, losses of steps 1..step)``; reading them syncs the device,
+    so a hook should do so only now and then) and checked for NaN/inf every ``check_every``
+    steps and at the epoch's last step (each check syncs; a non-finite loss raises
+    :class:`Diverged`). :meth:`mean` is the epoch's training loss, averaged over its images.
     """
+
+    def __init__(self, state: TrainState, cfg: LoopConfig, n_steps: int, device: torch.device,
+                 hooks: Sequence[BatchHook] = ()):  # fmt: skip
+        self.state, self.check_every, self.hooks = state, cfg.check_every, list(hooks)
+        self.losses = torch.zeros(n_steps, device=device)
+        self.sizes: list[int] = []
+
+    def add(self, loss: torch.Tensor, size: int) -> None:
+        """The next step's loss over ``size`` images; raises what a hook raises, or Diverged."""
+        step = len(self.sizes) + 1  # counted from 1
+        self.losses[step - 1] = loss.detach()
+        self.sizes.append(size)
+        n_steps = len(self.losses)
+        for hook in self.hooks:
+            hook(self.state, step, n_steps, self.losses[:step])
+        if step % self.check_every == 0 or step == n_steps:
+            _check_finite(self.losses, step, self.state.epoch)
+
+    def mean(self) -> float:
+        sizes = torch.tensor(self.sizes, dtype=torch.float32, device=self.losses.device)
+        return float((self.losses[: len(self.sizes)] * sizes).sum() / sizes.sum())
+
+
+def train_one_epoch(
+    state: TrainState, data: DeviceData, cfg: LoopConfig, loss_fn: nn.Module, hooks: Sequence[BatchHook] = ()
+) -> float:
+    """One pass over the training split; returns the mean training loss. ``hooks``: batch
+    hooks (a progress bar), see :class:`StepLosses`."""
     model, optimizer, scheduler, scaler = state.model, state.optimizer, state.scheduler, state.scaler
-    epoch = state.epoch
     model.train()
-    n_steps = data.steps_per_epoch(cfg.batch_size)
-    step_losses = torch.zeros(n_steps, device=data.device)  # detached, no graph kept
-    step_sizes = torch.zeros(n_steps, device=data.device)
-    checked = 0
-    for step, (x, y) in enumerate(data.train_batches(cfg.batch_size, cfg.seed, epoch)):
+    losses = StepLosses(state, cfg, data.steps_per_epoch(cfg.batch_size), data.device, hooks)
+    for x, y in data.train_batches(cfg.batch_size, cfg.seed, state.epoch):
         optimizer.zero_grad(set_to_none=True)
         with autocast(data.device, cfg.precision):
             logits = model(x)
@@ -166,58 +201,61 @@ def train_one_epoch(
         scaler.update()
         if cfg.interval == "batch":
             scheduler.step()
-        step_losses[step] = loss.detach()
-        step_sizes[step] = len(y)
-        if on_batch_end is not None:
-            on_batch_end(state, step + 1, n_steps, step_losses[: step + 1])
-        if (step + 1) % cfg.check_every == 0:
-            _check_finite(step_losses, step + 1, epoch)
-            checked = step + 1
-    if checked < n_steps:
-        _check_finite(step_losses, n_steps, epoch)
-    return float((step_losses * step_sizes).sum() / step_sizes.sum())
+        losses.add(loss, len(y))  # the batch hooks; the NaN/inf check every check_every steps
+    return losses.mean()
 
 
-def end_epoch(state: TrainState, cfg: LoopConfig, val_loss: float, val_acc: float) -> None:
-    """The scheduler's step at an epoch's end (per epoch, or on the monitored metric); the epoch counts."""
+class EpochClock:
+    """An epoch's start, for its EpochResult: the time, and the lr each model starts it with."""
+
+    def __init__(self, states: Sequence[TrainState], data: DeviceData):
+        self.lrs = {id(s): s.optimizer.param_groups[0]["lr"] for s in states}
+        self.device, self.n_train = data.device, len(data.train)
+        self.t0 = time.perf_counter()
+        self.train_s = 0.0
+
+    def trained(self) -> None:
+        """Training steps done: the device finishes its queued work and the training time is taken."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_s = time.perf_counter() - self.t0
+
+
+def end_epoch(state: TrainState, cfg: LoopConfig, clock: EpochClock, train_loss: float, val_loss: float,
+              val_acc: float, callbacks: Sequence[Callback]) -> EpochResult:  # fmt: skip
+    """The end of one model's epoch, solo or in a pack: the scheduler's step (per epoch, or on the
+    monitored metric), the epoch counted, its EpochResult appended to the history and handed to
+    every callback (a callback stops training by raising)."""
     if cfg.interval == "epoch":
         state.scheduler.step()
     elif cfg.interval == "metric":
         state.scheduler.step({VAL_LOSS: val_loss, VAL_ACC: val_acc}[cfg.monitor])
     state.epoch += 1
+    result = EpochResult(
+        epoch=state.epoch,
+        lr=clock.lrs[id(state)],
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        seconds=time.perf_counter() - clock.t0,
+        images_per_s=clock.n_train / clock.train_s if clock.train_s > 0 else math.inf,
+    )
+    state.history.append(result)
+    for callback in callbacks:
+        callback.on_epoch_end(result, state)
+    return result
 
 
 def fit(state: TrainState, data: DeviceData, cfg: LoopConfig, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Train from ``state.epoch`` up to ``cfg.epochs``; callbacks see every finished epoch."""
     loss_fn = nn.CrossEntropyLoss()
-    batch_hooks = [cb.on_batch_end for cb in callbacks if hasattr(cb, "on_batch_end")]
-
-    def on_batch_end(*args) -> None:
-        for hook in batch_hooks:
-            hook(*args)
-
-    n_train = len(data.train)
+    hooks = batch_hooks(callbacks)
     if cfg.compile and state.epoch < cfg.epochs:
         log.info("torch.compile warm-up: %.1fs (not counted in epoch timings)", warm_up(state, data, cfg, loss_fn))
     while state.epoch < cfg.epochs:
-        lr = state.optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
-        t0 = time.perf_counter()
-        train_loss = train_one_epoch(state, data, cfg, loss_fn, on_batch_end if batch_hooks else None)
-        if data.device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t0
+        clock = EpochClock([state], data)
+        train_loss = train_one_epoch(state, data, cfg, loss_fn, hooks)
+        clock.trained()
         val_loss, val_acc = evaluate(state.model, data, "val", cfg)
-        end_epoch(state, cfg, val_loss, val_acc)
-        result = EpochResult(
-            epoch=state.epoch,
-            lr=lr,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=time.perf_counter() - t0,
-            images_per_s=n_train / train_seconds if train_seconds > 0 else math.inf,
-        )
-        state.history.append(result)
-        for callback in callbacks:
-            callback.on_epoch_end(result, state)
+        end_epoch(state, cfg, clock, train_loss, val_loss, val_acc, callbacks)
     return state
