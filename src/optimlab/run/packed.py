@@ -1,5 +1,6 @@
-"""Several runs trained at once in this process (a packed sweep): each prepared and finished
-exactly as :func:`optimlab.run.runner.run` does it alone, around one shared training call.
+"""Several runs trained at once in this process (a packed sweep): each prepared, begun and
+ended by the runner's own steps (:class:`optimlab.run.runner.Prepared`), around one shared
+training call; a run that cannot join a pack runs alone as :meth:`Prepared.run` runs it.
 
 The data is loaded once (the runs of a pack share it); each run has its own folder,
 summary.json, metrics.csv and checkpoint (its own :class:`FolderWriter`), its own
@@ -93,7 +94,8 @@ def _fitting(ready: list[tuple[int, Prepared]], data, free: int | None) -> int:
 
 
 def _train_pack(chunk: list[tuple[int, Prepared]], data, callbacks_list, outcomes: list[Outcome]) -> None:
-    """One pack of prepared runs trained together; each run's outcome in its slot of ``outcomes``."""
+    """One pack of prepared runs trained together: each ``begin``, one ``fit_packed``, each
+    ``end``; each run's outcome in its slot of ``outcomes``."""
     log.info("training %d runs as one pack: %s", len(chunk), ", ".join(str(one.folder.path.name) for _, one in chunk))
     with signals.stop_signals():
         begun: list[tuple[int, Prepared]] = []
@@ -102,7 +104,7 @@ def _train_pack(chunk: list[tuple[int, Prepared]], data, callbacks_list, outcome
                 try:
                     one.begin()
                 except Exception as e:  # noqa: BLE001 - this run cannot start; the pack goes on
-                    outcomes[i] = one.failed(e)
+                    outcomes[i] = _ended(one, e)
                     continue
                 begun.append((i, one))
             t_train = time.perf_counter()
@@ -117,39 +119,20 @@ def _train_pack(chunk: list[tuple[int, Prepared]], data, callbacks_list, outcome
                 outcomes[i] = one.failed(e)
             raise
         for (i, one), error in zip(begun, ended):
-            outcomes[i] = _finish(one, error)
+            outcomes[i] = _ended(one, error)
 
 
-def _finish(one: Prepared, error: BaseException | None) -> Outcome:
-    """The end of one run of the pack, as :func:`optimlab.run.runner.run` ends it."""
-    if error is not None:
-        return one.failed(error)
+def _ended(one: Prepared, error: BaseException | None = None) -> Outcome:
+    """:meth:`Prepared.end` of one run of the pack: its objective, or the exception it ended with."""
     try:
-        test = one.test()
-    except Exception as e:  # noqa: BLE001
-        return one.failed(e)
-    try:
-        return one.completed(*test)
-    except OptimlabError as e:  # its summary could not be written
+        return one.end(error)
+    except Exception as e:  # noqa: BLE001 - this run's end; stop signals propagate
         return e
 
 
 def _alone(one: Prepared, callbacks: Sequence[Any]) -> Outcome:
-    """A prepared run trained on its own (a run that cannot join a pack)."""
-    from optimlab.engine.training import fit
-
-    with signals.stop_signals():
-        try:
-            one.begin()
-            fit(one.state, one.data, one.loop, callbacks=one.callbacks(callbacks))
-            test = one.test()
-        except Exception as e:  # noqa: BLE001 - this run's end; stop signals propagate
-            return one.failed(e)
-        except BaseException as e:
-            one.failed(e)
-            raise
-        try:
-            return one.completed(*test)
-        except OptimlabError as e:
-            return e
-
+    """A prepared run trained on its own (a run that cannot join a pack), as :meth:`Prepared.run` trains it."""
+    try:
+        return one.run(callbacks)
+    except Exception as e:  # noqa: BLE001 - this run's end; stop signals propagate
+        return e

@@ -211,9 +211,10 @@ def final_summary(summary, cfg, state: TrainState, status, durations, error=None
 class Prepared:
     """One run built and ready to train: its folder, state, loop settings and summary so far.
 
-    :func:`run` is ``prepare → begin → fit → completed`` (or ``failed``); a packed sweep
-    (:mod:`optimlab.run.packed`) takes the same steps for each of its trials around one
-    shared training call, so each folder ends exactly as a run of its own would.
+    :func:`run` is ``prepare`` then :meth:`run`: ``begin → fit → end`` (``end``: ``test →
+    completed``, or ``failed``); a packed sweep (:mod:`optimlab.run.packed`) takes the same
+    steps for each of its trials around one shared training call (``begin``, then
+    ``fit_packed``, then ``end``), so each folder ends exactly as a run of its own would.
     """
 
     cfg: DictConfig
@@ -307,6 +308,33 @@ class Prepared:
                                f"could not be saved (disk full?); metrics.csv and checkpoint.pt hold its results")
         return objective.returned(final["objective"])
 
+    def end(self, error: BaseException | None = None) -> float | tuple[float, ...]:
+        """After training, which ended on ``error`` if given: the test split and the final
+        summary.json; the objective, or raises what the run ended with (see :meth:`failed`)."""
+        if error is None:
+            try:
+                test = self.test()
+            except BaseException as e:  # noqa: BLE001 - recorded, then raised
+                error = e
+        if error is not None:
+            recorded = self.failed(error)
+            if recorded is not error:
+                raise recorded from error
+            raise error
+        return self.completed(*test)
+
+    def run(self, callbacks=()) -> float | tuple[float, ...]:
+        """Train this run alone: ``begin → fit → end``; ``callbacks`` after the run's own."""
+        # From the first "running" to the last word, SIGTERM unwinds through end():
+        # summary.json never says "running" for a process that is gone.
+        with signals.stop_signals():
+            try:
+                self.begin()
+                fit(self.state, self.data, self.loop, callbacks=self.callbacks(callbacks))
+            except BaseException as e:  # noqa: BLE001 - recorded, then raised
+                return self.end(e)
+            return self.end()
+
 
 def prepare(
     cfg: DictConfig, run_dir: str, overrides: list[str] | None = None, resume: Resume | None = None,
@@ -380,17 +408,4 @@ def run(
     run continues from; ``cfg`` is then its effective config. ``sweep``: the study this run
     is a trial of (loggers group a sweep's trials by it).
     """
-    one = prepare(cfg, run_dir, overrides, resume, sweep=sweep)
-    # From the first "running" to the last word, SIGTERM unwinds through the except below:
-    # summary.json never says "running" for a process that is gone.
-    with signals.stop_signals():
-        try:
-            one.begin()
-            fit(one.state, one.data, one.loop, callbacks=one.callbacks(callbacks))
-            test = one.test()
-        except BaseException as e:
-            error = one.failed(e)
-            if error is not e:
-                raise error from e
-            raise
-        return one.completed(*test)
+    return prepare(cfg, run_dir, overrides, resume, sweep=sweep).run(callbacks)
