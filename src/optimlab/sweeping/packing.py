@@ -5,11 +5,12 @@ A pack holds only trials whose configs have the same shapes: trials are grouped 
 values of every swept key outside :data:`PACKABLE` (model, batch size, epochs, data,
 precision, the optimizer or scheduler chosen, …); a group of one runs through the
 launcher as usual. Each trial of a pack is composed as Hydra's launchers compose a job
-(``load_sweep_config``), gets the Hydra files a job gets (``.hydra/config.yaml``,
-``hydra.yaml``, ``overrides.yaml``), its log file, Hydra's job callbacks and the job's
-``env_set``, is checked as the task checks a run, and trains in
-:func:`optimlab.run.packed.run_packed`. What comes back is one
-``JobReturn`` per trial, so the sweeper tells the study each result as it does for a job.
+(``load_sweep_config``) and is a job of Hydra's own ``run_job``, which writes its
+``.hydra/`` files, sets its ``env_set``, calls the job callbacks and builds its
+``JobReturn``; its task takes the folder's lock, checks the config and builds the trial's
+pruning callback as optimlab's task does for a lone trial, then joins the pack, which
+trains in :func:`optimlab.run.packed.run_packed` (see :class:`_PackJobs`). The sweeper tells
+the study each result as it does for any job.
 
 A trial that is pruned or diverges leaves the pack and its slot stays empty until the
 pack ends (see README, "Packed trials").
@@ -18,22 +19,23 @@ pack ends (see README, "Packed trials").
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import logging
 import logging.config
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from hydra.core.utils import JobReturn, configure_log, run_job
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optimlab.config import knobs
-from optimlab.observe.context import TrialLink
 from optimlab.config import overrides as ovr
 from optimlab.config.sweeps import PACK_AUTO
+from optimlab.observe.context import TRIAL_ENV, TrialLink
+from optimlab.sweeping.pruning import trial_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -111,57 +113,123 @@ def pack_size(value: Any, device_type: str, task_function: Any = None) -> int:
 # --------------------------------------------------------------------------- one pack
 
 
-class _Job:
-    """One trial of a pack, composed as Hydra's launchers compose a job."""
+@dataclass
+class _Member:
+    """A trial that joined the pack: what :func:`run_packed` needs of it, and its outcome."""
 
-    def __init__(self, trial, overrides: list[str], config: DictConfig):
-        self.trial, self.ret = trial, JobReturn(overrides=overrides, status=JobStatus.UNKNOWN)
-        self.config = config
-        self.run_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = self.run_dir
-        HydraConfig.instance().set_config(config)
-        self.cfg = copy.deepcopy(config)
-        with read_write(self.cfg), open_dict(self.cfg):
-            del self.cfg["hydra"]
-        self.ret.cfg, self.ret.hydra_cfg = self.cfg, copy.deepcopy(HydraConfig.instance().cfg)
-        self.task_overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task)]
+    config: DictConfig  # the job's config, Hydra's node included (its log file)
+    cfg: DictConfig  # the task's config
+    run_dir: str
+    overrides: list[str]
+    callbacks: list
+    trial: TrialLink | None  # which trial of which study (the loggers group a study's trials)
+    outcome: Any = None
 
-    def write_hydra_files(self) -> None:
-        """What Hydra's ``run_job`` writes into a job's folder before the task starts."""
-        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-        if self.config.hydra.output_subdir is None:
+
+class _PackJobs:
+    """The trials of one pack, each a job of Hydra's own ``run_job``.
+
+    ``run_job`` writes a job's ``.hydra/`` files, sets its ``hydra.job.env_set`` (the trial
+    link), calls the job callbacks and builds its ``JobReturn``, and it runs one task to
+    the end; so the jobs nest: trial k's task takes its folder's lock, checks its config and
+    builds its pruning callback exactly as optimlab's task does for a lone trial
+    (``trial_callbacks``), then runs trial k+1's job inside its own; the innermost trains
+    every trial that joined, and each task then returns (or raises) its own outcome. The job
+    callbacks thus run ``on_job_start`` 1..K, then ``on_job_end`` K..1, well nested.
+    """
+
+    def __init__(self, sweeper, configs: list[DictConfig]):
+        self.sweeper, self.configs = sweeper, configs
+        self.returns: list[JobReturn] = []
+        self.members: list[_Member] = []
+
+    def run(self) -> list[JobReturn]:
+        try:
+            self._job(0)
+        finally:
+            configure_log(self.sweeper.config.hydra.hydra_logging, self.sweeper.config.hydra.verbose)
+        return self.returns
+
+    def _job(self, k: int) -> None:
+        if k == len(self.configs):
+            return self._train()
+
+        @functools.wraps(self.sweeper.task_function)  # the job callbacks see the app's task
+        def task(cfg: DictConfig) -> Any:
+            return self._task(cfg, k)
+
+        self.returns.insert(0, run_job(
+            task_function=task, config=self.configs[k], job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir", hydra_context=self.sweeper.hydra_context, configure_logging=False,
+        ))  # fmt: skip
+
+    def _task(self, cfg: DictConfig, k: int) -> Any:
+        """Trial k's task: its lock and checks as optimlab's task takes them, the rest of the pack
+        inside, then its outcome."""
+        from optimlab.config import validate
+        from optimlab.run.folder import RunFolder
+
+        hc = HydraConfig.get()
+        member, error = None, None
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(RunFolder(hc.runtime.output_dir, create=False).lock())  # as the task takes it
+                validate(cfg)  # bad input fails here, before any data or model is built
+                member = _Member(
+                    self.configs[k], cfg, hc.runtime.output_dir, [str(o) for o in OmegaConf.to_container(hc.overrides.task)],
+                    trial_callbacks(cfg), TrialLink.from_env(),
+                )  # fmt: skip
+                self.members.append(member)
+            except Exception as e:  # noqa: BLE001 - this trial fails as its job would; the pack goes on
+                error = e
+            self._job(k + 1)
+        if member is None:
+            raise error  # type: ignore[misc]
+        if isinstance(member.outcome, BaseException):
+            raise member.outcome
+        return member.outcome
+
+    def _train(self) -> None:
+        """Inside the last job: every trial that joined trains in one pack."""
+        from optimlab.run.packed import run_packed
+
+        if not self.members:
             return
-        out = Path(self.run_dir) / str(self.config.hydra.output_subdir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, node in (("config.yaml", self.cfg), ("hydra.yaml", self.ret.hydra_cfg),
-                           ("overrides.yaml", self.config.hydra.overrides.task)):  # fmt: skip
-            with open(out / name, "w", encoding="utf-8") as f:
-                f.write(OmegaConf.to_yaml(node))
-
-    def done(self, outcome: Any) -> None:
-        failed = isinstance(outcome, BaseException)
-        self.ret.status = JobStatus.FAILED if failed else JobStatus.COMPLETED
-        self.ret.return_value = outcome
-        self.ret.working_dir = os.getcwd()
-        self.ret.task_name = str(self.config.hydra.job.name)
+        ms = self.members
+        _log_to_every_folder([m.config for m in ms])
+        with _unset(TRIAL_ENV):  # the pack is no one trial's job: its runs report through their callbacks
+            outcomes = run_packed([m.cfg for m in ms], [m.run_dir for m in ms], [m.overrides for m in ms],
+                                  [m.callbacks for m in ms], [m.trial for m in ms])  # fmt: skip
+        for member, outcome in zip(ms, outcomes):
+            member.outcome = outcome
 
 
-def _log_to_every_folder(jobs: list[_Job]) -> None:
+@contextlib.contextmanager
+def _unset(name: str):
+    """The environment variable ``name`` unset inside, as it was after."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def _log_to_every_folder(configs: list[DictConfig]) -> None:
     """The job logging of the first trial, with its log file(s) once per trial: each trial's
     log holds the pack's lines (its own and its pack-mates')."""
-    first = jobs[0].config.hydra
+    first = configs[0].hydra
     node = OmegaConf.to_container(first.job_logging, resolve=True) if first.job_logging else None
     if not node or not isinstance(node, dict):
         configure_log(first.job_logging, first.verbose)
         return
     handlers = node.get("handlers") or {}
     files = {name: h for name, h in handlers.items() if isinstance(h, dict) and "filename" in h}
-    for job in jobs[1:]:
-        own = OmegaConf.to_container(job.config.hydra.job_logging, resolve=True).get("handlers") or {}
+    for config in configs[1:]:
+        own = OmegaConf.to_container(config.hydra.job_logging, resolve=True).get("handlers") or {}
         for name in files:
             if name in own:
-                handlers[f"{name}_{job.trial.number}"] = own[name]
+                handlers[f"{name}_{config.hydra.job.num}"] = own[name]
     root = node.setdefault("root", {})
     ours = list(root.get("handlers", []))
     root["handlers"] = ours + [name for name in handlers if name not in ours and name.rpartition("_")[0] in ours]
@@ -169,63 +237,21 @@ def _log_to_every_folder(jobs: list[_Job]) -> None:
 
 
 def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
-    """Train ``trials`` (with their job overrides) as one pack; one JobReturn per trial."""
-    from optimlab.config import validate
+    """Train ``trials`` (with their job overrides) as one pack; one JobReturn per trial. A
+    continuation (``resume=``) runs as a job of its own, after the pack."""
     from optimlab.run import resume
-    from optimlab.run.folder import RunFolder
-    from optimlab.run.packed import run_packed
-    from optimlab.sweeping.pruning import TRIAL_ENV, PruningCallback
 
-    loader, callbacks = sweeper.hydra_context.config_loader, sweeper.hydra_context.callbacks
-    saved_hydra = HydraConfig.instance().cfg
-    packed: list[_Job] = []
-    started: list[_Job] = []  # Hydra's job callbacks: on_job_start, then on_job_end with the result
-    alone: list[int] = []
-    returns: list[JobReturn | None] = [None] * len(trials)
-    with contextlib.ExitStack() as locks:
-        try:
-            for i, (trial, overrides) in enumerate(zip(trials, jobs)):
-                config = loader.load_sweep_config(sweeper.config, list(overrides))
-                with open_dict(config):
-                    config.hydra.job.id = trial.number
-                    config.hydra.job.num = trial.number
-                job = _Job(trial, list(overrides), config)
-                if resume.source_of(job.cfg) is not None:
-                    alone.append(i)  # a continuation runs as a job of its own
-                    continue
-                returns[i] = job.ret
-                job.write_hydra_files()
-                callbacks.on_job_start(config=job.config, task_function=sweeper.task_function)
-                started.append(job)
-                try:
-                    locks.enter_context(RunFolder(job.run_dir, create=False).lock())  # as the task takes it
-                    validate(job.cfg)  # bad input fails here, before any data or model is built
-                except Exception as e:  # noqa: BLE001 - this trial fails as its job would
-                    job.done(e)
-                    continue
-                packed.append(job)
-            if packed:
-                _log_to_every_folder(packed)
-                multi = len(sweeper._directions()) > 1  # Optuna prunes single-objective studies only
-                # the job's environment (hydra.job.env_set), less the trial link a lone job reads
-                env = {str(k): str(v) for k, v in packed[0].config.hydra.job.env_set.items() if k != TRIAL_ENV}
-                with env_override(env):
-                    outcomes = run_packed(
-                        [j.cfg for j in packed], [j.run_dir for j in packed], [j.task_overrides for j in packed],
-                        [[] if multi else [PruningCallback.for_run(j.trial, j.cfg)] for j in packed],
-                        [TrialLink(storage=sweeper.storage_url, study=sweeper.study_name, number=j.trial.number) for j in packed],
-                    )  # fmt: skip
-                for job, outcome in zip(packed, outcomes):
-                    job.done(outcome)
-            for job in (j for j in started if j.ret.status != JobStatus.UNKNOWN):
-                HydraConfig.instance().set_config(job.config)
-                callbacks.on_job_end(config=job.config, job_return=job.ret)
-        finally:
-            HydraConfig.instance().cfg = saved_hydra
-            configure_log(sweeper.config.hydra.hydra_logging, sweeper.config.hydra.verbose)
-    for i in alone:
+    configs = []
+    for trial, overrides in zip(trials, jobs):
+        config = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = trial.number  # as a launcher numbers the job
+        configs.append(config)
+    packed = [i for i, config in enumerate(configs) if resume.source_of(config) is None]
+    returns = dict(zip(packed, _PackJobs(sweeper, [configs[i] for i in packed]).run()))
+    for i in (i for i in range(len(trials)) if i not in returns):
         returns[i] = sweeper.launcher.launch([jobs[i]], initial_job_idx=trials[i].number)[0]
-    return returns  # type: ignore[return-value]
+    return [returns[i] for i in range(len(trials))]
 
 
 def launch(sweeper, size: int, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
