@@ -25,20 +25,27 @@ from optimlab.config.sweeps import check_pack
 from optimlab.errors import SweepConfigError
 from optimlab.sweeping.packing import groups, is_packable, pack_size, shape_key
 
+EPOCHS = 3
 TINY = [
     "model=lenet", "data=synthetic", "data.train_size=64", "data.val_size=32", "data.test_size=32",
     "data.image_size=16", "data.channels=1", "data.noise=0.2", "tensorboard=false", "quiet=true", "plots=false",
-    "epochs=2", "optimizer=momentum", "momentum=0.9",
+    f"epochs={EPOCHS}", "optimizer=momentum", "momentum=0.9",
 ]  # fmt: skip
-# 8 trials: lr=1e4 diverges at batch 16 (FAIL) and is pruned at 32 (val_acc below 0.1 after
-# epoch 1); the threshold pruner decides from the trial's own value alone, so a packed and
-# an unpacked sweep prune the same trials whatever the order they finish in
+# 8 trials: lr=1e4 diverges at batch 16 (FAIL) and is pruned at 32; lr=0.001 and lr=0.03 at
+# batch 32 are pruned too (val_acc below 0.1 after epoch 1). lr=0.1 at batch 16 leaves the
+# band upward only at epoch 3, its last (val_acc 0.34, 0.59, 0.75): the pruner would prune
+# it there, and the rule keeps it. The threshold pruner decides from the trial's own value
+# alone, so a packed and an unpacked sweep prune the same trials whatever the order they
+# finish in.
+LOWER, UPPER = 0.1, 0.65
 SPACE = [
     "lr=choice(0.001,0.03,0.1,10000.0)", "batch_size=choice(16,32)", "hydra/sweeper/sampler=grid",
     "hydra.sweeper.n_trials=8", "hydra.sweeper.plots=false", "hydra/sweeper/pruner=threshold",
-    "hydra.sweeper.pruner.lower=0.1", "hydra.sweeper.pruner.n_warmup_steps=1",
+    f"hydra.sweeper.pruner.lower={LOWER}", f"hydra.sweeper.pruner.upper={UPPER}", "hydra.sweeper.pruner.n_warmup_steps=1",
 ]  # fmt: skip
 REL = 1e-4
+# Hydra's own job callback: it logs each job's JobReturn, so the packed trials' jobs show theirs
+LOG_JOB_RETURN = "+hydra.callbacks.job_return._target_=hydra.experimental.callbacks.LogJobReturnCallback"
 
 
 def sweep(cwd, name, *args, timeout=300):
@@ -67,7 +74,7 @@ def final(trial) -> dict:
 def sweeps(tmp_path_factory):
     """The same 8 trials packed (pack=4) and unpacked (pack=auto, which on a CPU does not pack)."""
     cwd = tmp_path_factory.mktemp("packed")
-    packed, auto = sweep(cwd, "packed", "hydra.sweeper.pack=4"), sweep(cwd, "auto", "hydra.sweeper.pack=auto")
+    packed, auto = sweep(cwd, "packed", "hydra.sweeper.pack=4", LOG_JOB_RETURN), sweep(cwd, "auto", "hydra.sweeper.pack=auto")
     ok(packed)
     ok(auto)
     return cwd, packed, auto
@@ -126,18 +133,18 @@ def test_every_trial_gets_its_pruning_callback_from_the_one_rule():
 
 
 @pytest.mark.slow
-def test_a_packed_trial_is_never_pruned_at_its_last_epoch(tmp_path):
-    """A pruner whose first prunable step is the last epoch (epochs=3, n_warmup_steps=3,
-    a threshold no trial reaches) prunes nothing, packed or not: every trial completes."""
-    args = ["epochs=3", "hydra.sweeper.n_trials=4", "lr=choice(0.001,0.03,0.1,0.3)", "batch_size=32",
-            "hydra.sweeper.pruner.lower=2.0", "hydra.sweeper.pruner.n_warmup_steps=3"]  # fmt: skip
-    packed, alone = sweep(tmp_path, "last_packed", *args, "hydra.sweeper.pack=4"), sweep(tmp_path, "last_alone", *args)
-    ok(packed)
-    ok(alone)
-    states = {name: {t.params["lr"]: t.state.name for t in load(tmp_path, name).trials} for name in ("last_packed", "last_alone")}
-    assert states["last_packed"] == states["last_alone"]
-    assert set(states["last_packed"].values()) == {"COMPLETE"}, states
-    assert any("pack" in t.user_attrs for t in load(tmp_path, "last_packed").trials), "nothing was packed"
+def test_a_packed_trial_is_never_pruned_at_its_last_epoch(sweeps):
+    """A trial whose last epoch's value is outside the pruner's band would be pruned there; packed
+    or not, it completes (the one rule, ``PruningCallback.for_run``), and every pruned trial was
+    pruned before its last epoch."""
+    cwd, _, _ = sweeps
+    for name in ("packed", "auto"):
+        trials = load(cwd, name).trials
+        at_the_end = [t for t in trials if EPOCHS in t.intermediate_values]
+        outside = [t for t in at_the_end if not LOWER <= t.intermediate_values[EPOCHS] <= UPPER]
+        assert outside, f"{name}: no trial the pruner would prune at its last epoch"
+        assert {t.state.name for t in at_the_end} == {"COMPLETE"}, name
+        assert all(max(t.intermediate_values) < EPOCHS for t in trials if t.state.name == "PRUNED"), name
 
 
 @pytest.mark.slow
@@ -181,6 +188,8 @@ def test_each_packed_trial_folder_is_a_complete_run_folder(sweeps):
         if t.state.name == "COMPLETE":
             assert summary["objective"]["value"] == pytest.approx(t.value)
             assert "test" in summary
+            # the trial was a Hydra job: the job callbacks got its JobReturn
+            assert f"Succeeded with return value: {t.value}" in (folder / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -188,12 +197,12 @@ def test_a_packed_trial_folder_resumes_and_reruns_as_a_solo_run(sweeps):
     cwd, _, _ = sweeps
     (best,) = [t for t in load(cwd, "packed").trials if t.state.name == "COMPLETE"][:1]
     source = cwd / "multirun" / "packed" / f"trial_{best.number:04d}"
-    proc = train_cli(f"resume={source}", "epochs=3", "hydra.run.dir=outputs/resumed", cwd=cwd, timeout=120)
+    proc = train_cli(f"resume={source}", f"epochs={EPOCHS + 1}", "hydra.run.dir=outputs/resumed", cwd=cwd, timeout=120)
     ok(proc)
     summary = json.loads((cwd / "outputs" / "resumed" / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["epochs_completed"] == 3
-    assert summary["resumed_from"]["epoch"] == 2
+    assert summary["epochs_completed"] == EPOCHS + 1
+    assert summary["resumed_from"]["epoch"] == EPOCHS
     # re-run from its folder alone, from scratch: the numbers the trial had in its pack
     proc = subprocess.run([sys.executable, "-m", "optimlab.rerun", str(source), "hydra.run.dir=outputs/rerun"],
                           cwd=cwd, capture_output=True, text=True, timeout=120)  # fmt: skip
