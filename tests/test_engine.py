@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from optimlab.engine import data as datasets
-from optimlab.errors import ConfigError
+from optimlab.errors import ConfigError, Diverged
 from optimlab.engine.models import FastNet, TuduiCNN
-from optimlab.engine.training import LoopConfig, TrainState, evaluate, train_one_epoch, warm_up
+from optimlab.engine.training import LoopConfig, StepLosses, TrainState, evaluate, train_one_epoch, warm_up
 
 from conftest import ROOT, TINY, compose_config, run_dirs, train_cli
 from optimlab.config import validate
@@ -132,6 +132,37 @@ def test_engine_matches_plain_reference_loop(model_cls):
     ref_params = dict(ref_model.state_dict())
     for name, value in engine_model.state_dict().items():
         torch.testing.assert_close(value, ref_params[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_step_losses_show_hooks_every_step_check_at_their_cadence_and_average_over_images():
+    """What every step leaves behind, solo or packed (StepLosses): the hooks see steps 1..step,
+    a NaN is caught at the next check (every check_every steps, and always at the last step),
+    counted from 1, and the epoch's loss is the mean over its images."""
+    state = make_state(nn.Linear(2, 2))
+    state.epoch = 4  # 0-based: the error says epoch 5
+    seen = []
+
+    def hook(st, step, n_steps, losses):
+        seen.append((st is state, step, n_steps, losses.tolist()))
+
+    losses = StepLosses(state, LoopConfig(epochs=5, batch_size=4, seed=0), 3, CPU, [hook])
+    for loss, size in ((1.0, 4), (2.0, 4), (4.0, 2)):
+        losses.add(torch.tensor(loss), size)
+    assert seen == [(True, 1, 3, [1.0]), (True, 2, 3, [1.0, 2.0]), (True, 3, 3, [1.0, 2.0, 4.0])]
+    assert losses.mean() == pytest.approx((4 * 1.0 + 4 * 2.0 + 2 * 4.0) / 10)
+
+    every_2 = StepLosses(state, LoopConfig(epochs=5, batch_size=4, seed=0, check_every=2), 3, CPU)
+    every_2.add(torch.tensor(0.5), 4)
+    with pytest.raises(Diverged) as err:
+        every_2.add(torch.tensor(float("nan")), 4)  # step 2: a check
+    assert (err.value.epoch, err.value.step, err.value.last_finite_loss) == (5, 2, 0.5)
+
+    every_50 = StepLosses(state, LoopConfig(epochs=5, batch_size=4, seed=0, check_every=50), 3, CPU)
+    every_50.add(torch.tensor(float("inf")), 4)
+    every_50.add(torch.tensor(1.0), 4)  # no check before the last step
+    with pytest.raises(Diverged) as err:
+        every_50.add(torch.tensor(1.0), 4)
+    assert (err.value.epoch, err.value.step, err.value.last_finite_loss) == (5, 1, None)
 
 
 # --------------------------------------------------------------------------- augmentation

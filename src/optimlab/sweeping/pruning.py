@@ -138,7 +138,9 @@ def register_resolver() -> None:
 
 
 def trial_callbacks(cfg) -> list:
-    """The callbacks a run needs when it is a trial of an optimlab sweep (else none)."""
+    """The callbacks a run needs when it is a trial of an optimlab sweep (else none): THE
+    pruning rule (:meth:`PruningCallback.for_run`) for the trial of this job's link, called by
+    optimlab's task for a lone trial and by each packed trial's task (sweeping.packing) alike."""
     trial = current_trial()
     # Optuna cannot prune (or take intermediate values of) multi-objective trials
     if trial is None or len(trial.study.directions) > 1:
