@@ -24,9 +24,9 @@ log = logging.getLogger("optimlab")
 
 def train(cfg: DictConfig) -> float:
     """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
+    from optimlab.observe.context import TrialLink
     from optimlab.run import resume
     from optimlab.run.folder import RunFolder
-    from optimlab.observe.context import TrialLink
     from optimlab.sweeping.pruning import trial_callbacks
 
     hc = HydraConfig.get()
@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> float:
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task)]
     run_dir = hc.runtime.output_dir
     folder = RunFolder(run_dir, create=False)
-    started = False
+    started, plan = False, None
     try:
         # one process per folder (a single run took the lock before Hydra wrote; a sweep trial takes it here)
         with folder.lock():
@@ -61,6 +61,9 @@ def train(cfg: DictConfig) -> float:
         if isinstance(e, StorageError):
             logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
         log.error("%s", e)  # one clear line, no traceback wall
+        # a bad command leaves no folder of its own behind (a resume's new folder says why, above)
+        if not started and plan is None and cfg.get("resume") in (None, resume.AUTO):
+            folder.discard_unstarted(log_file=f"{hc.job.name}.log", up_to=hc.runtime.cwd)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, signals.Preempted) as e:
         if hc.mode == RunMode.MULTIRUN:

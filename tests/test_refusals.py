@@ -1,0 +1,32 @@
+"""A command refused by its checks leaves nothing behind: no new run folder, and nothing
+else changed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY, TRAIN_PY
+
+
+def _train(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN_PY), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_bad_single_run_leaves_no_folder_behind(tmp_path):
+    result = _train(*TINY, "lr=-1", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "lr=-1 is not valid: must be a finite number > 0" in out and "Traceback" not in out, out
+    assert list(tmp_path.iterdir()) == [], f"left behind: {sorted(tmp_path.rglob('*'))}"
+
+    # a folder that holds something of its own keeps it, and keeps existing
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine\n")
+    result = _train(*TINY, "lr=-1", f"hydra.run.dir={keep}", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (keep / "notes.txt").read_text() == "mine\n"
+    assert not (keep / "metrics.csv").exists() and not (keep / "checkpoint.pt").exists()
