@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> float:
     """The task: train once as ``cfg`` (and Hydra's runtime) says; the objective value."""
     from optimlab.observe.context import TrialLink
     from optimlab.run import resume
-    from optimlab.run.folder import RunFolder
+    from optimlab.run.folder import RunFolder, discard_unstarted
     from optimlab.sweeping.pruning import trial_callbacks
 
     hc = HydraConfig.get()
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> float:
         log.error("%s", e)  # one clear line, no traceback wall
         # a bad command leaves no folder of its own behind (a resume's new folder says why, above)
         if not started and plan is None and cfg.get("resume") in (None, resume.AUTO):
-            folder.discard_unstarted(log_file=f"{hc.job.name}.log", up_to=hc.runtime.cwd)
+            discard_unstarted(folder, log_file=f"{hc.job.name}.log", up_to=hc.runtime.cwd)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, signals.Preempted) as e:
         if hc.mode == RunMode.MULTIRUN:

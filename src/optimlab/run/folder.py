@@ -329,32 +329,6 @@ class RunFolder:
         found = self.read_summary()
         return found is UNREADABLE or (isinstance(found, dict) and found.get("status") != "invalid_config")
 
-    def discard_unstarted(self, log_file: str, up_to: str | Path) -> bool:
-        """Remove this folder when it holds only what a command wrote before its checks
-        refused it (Hydra's ``.hydra/`` and log, the lock, an ``invalid_config`` summary),
-        and its parents that are left empty, below ``up_to`` (``outputs/<date>/``). Anything
-        else in it, and the folder itself, stay. Whether it went."""
-        import shutil
-
-        ours = {HYDRA_DIR, log_file, LOCK_FILE, SUMMARY_FILE}
-        try:
-            if self.holds_results() or any(p.name not in ours for p in self.path.iterdir()):
-                return False
-            for name in ours:
-                target = self.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            self.path.rmdir()
-        except OSError:  # read-only, or another process wrote meanwhile: keep what is there
-            return False
-        stop, parent = Path(up_to).resolve(), self.path.resolve().parent
-        while parent != stop and stop in parent.parents:
-            try:
-                parent.rmdir()  # only an empty folder goes
-            except OSError:
-                break
-            parent = parent.parent
-        return True
-
     # ------------------------------------------------------------------ one owner
 
     def lock(self) -> FolderLock:
@@ -384,3 +358,30 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def discard_unstarted(folder: RunFolder, log_file: str, up_to: str | Path) -> bool:
+    """Remove ``folder`` when it holds only what a command wrote before its checks
+    refused it (Hydra's ``.hydra/`` and log, the lock, an ``invalid_config`` summary),
+    and its parents that are left empty, below ``up_to`` (``outputs/<date>/``). Anything
+    else in it, and the folder itself, stay. Whether it went."""
+    import shutil
+
+    ours = {HYDRA_DIR, log_file, LOCK_FILE, SUMMARY_FILE}
+    try:
+        if folder.holds_results() or any(p.name not in ours for p in folder.path.iterdir()):
+            return False
+        for name in ours:
+            target = folder.path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        folder.path.rmdir()
+    except OSError:  # read-only, or another process wrote meanwhile: keep what is there
+        return False
+    stop, parent = Path(up_to).resolve(), folder.path.resolve().parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder goes
+        except OSError:
+            break
+        parent = parent.parent
+    return True

@@ -113,6 +113,17 @@ def pack_size(value: Any, device_type: str, task_function: Any = None) -> int:
 # --------------------------------------------------------------------------- one pack
 
 
+@dataclass(frozen=True)
+class JobSide:
+    """What Hydra gave the sweeper to start jobs with: its launcher, its context (config loader,
+    job callbacks), the sweep's config and the app's task."""
+
+    launcher: Any
+    hydra_context: Any
+    config: DictConfig
+    task_function: Any
+
+
 @dataclass
 class _Member:
     """A trial that joined the pack: what :func:`run_packed` needs of it, and its outcome."""
@@ -138,8 +149,8 @@ class _PackJobs:
     callbacks thus run ``on_job_start`` 1..K, then ``on_job_end`` K..1, well nested.
     """
 
-    def __init__(self, sweeper, configs: list[DictConfig]):
-        self.sweeper, self.configs = sweeper, configs
+    def __init__(self, side: JobSide, configs: list[DictConfig]):
+        self.side, self.configs = side, configs
         self.returns: list[JobReturn] = []
         self.members: list[_Member] = []
 
@@ -147,20 +158,20 @@ class _PackJobs:
         try:
             self._job(0)
         finally:
-            configure_log(self.sweeper.config.hydra.hydra_logging, self.sweeper.config.hydra.verbose)
+            configure_log(self.side.config.hydra.hydra_logging, self.side.config.hydra.verbose)
         return self.returns
 
     def _job(self, k: int) -> None:
         if k == len(self.configs):
             return self._train()
 
-        @functools.wraps(self.sweeper.task_function)  # the job callbacks see the app's task
+        @functools.wraps(self.side.task_function)  # the job callbacks see the app's task
         def task(cfg: DictConfig) -> Any:
             return self._task(cfg, k)
 
         self.returns.insert(0, run_job(
             task_function=task, config=self.configs[k], job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir", hydra_context=self.sweeper.hydra_context, configure_logging=False,
+            job_subdir_key="hydra.sweep.subdir", hydra_context=self.side.hydra_context, configure_logging=False,
         ))  # fmt: skip
 
     def _task(self, cfg: DictConfig, k: int) -> Any:
@@ -236,36 +247,37 @@ def _log_to_every_folder(configs: list[DictConfig]) -> None:
     logging.config.dictConfig(node)
 
 
-def launch_pack(sweeper, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
+def launch_pack(side: JobSide, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
     """Train ``trials`` (with their job overrides) as one pack; one JobReturn per trial. A
     continuation (``resume=``) runs as a job of its own, after the pack."""
     from optimlab.run import resume
 
     configs = []
     for trial, overrides in zip(trials, jobs):
-        config = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, list(overrides))
+        config = side.hydra_context.config_loader.load_sweep_config(side.config, list(overrides))
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = trial.number  # as a launcher numbers the job
         configs.append(config)
     packed = [i for i, config in enumerate(configs) if resume.source_of(config) is None]
-    returns = dict(zip(packed, _PackJobs(sweeper, [configs[i] for i in packed]).run()))
+    returns = dict(zip(packed, _PackJobs(side, [configs[i] for i in packed]).run()))
     for i in (i for i in range(len(trials)) if i not in returns):
-        returns[i] = sweeper.launcher.launch([jobs[i]], initial_job_idx=trials[i].number)[0]
+        returns[i] = side.launcher.launch([jobs[i]], initial_job_idx=trials[i].number)[0]
     return [returns[i] for i in range(len(trials))]
 
 
-def launch(sweeper, size: int, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
-    """The claimed ``trials`` with their job overrides, in packs of at most ``size``; one JobReturn each."""
+def launch(side: JobSide, size: int, trials: list, jobs: list[list[str]]) -> list[JobReturn]:
+    """The claimed ``trials`` with their job overrides, in packs of at most ``size``; one JobReturn
+    each. A trial alone runs through the sweep's launcher; a pack as Hydra's launchers run a job."""
     returns: list[JobReturn | None] = [None] * len(trials)
     for group in groups([[o for o in job if not ovr.is_hydra(ovr.key_of(o))] for job in jobs], size):
         picked = [trials[i] for i in group]
         if len(group) == 1:
-            got = sweeper.launcher.launch([jobs[group[0]]], initial_job_idx=picked[0].number)
+            got = side.launcher.launch([jobs[group[0]]], initial_job_idx=picked[0].number)
         else:
             log.info("pack of %d trials: %s", len(group), ", ".join(str(t.number) for t in picked))
             for trial in picked:
                 trial.set_user_attr("pack", [t.number for t in picked])  # who trained together
-            got = launch_pack(sweeper, picked, [jobs[i] for i in group])
+            got = launch_pack(side, picked, [jobs[i] for i in group])
         for i, ret in zip(group, got):
             returns[i] = ret
     return returns  # type: ignore[return-value]

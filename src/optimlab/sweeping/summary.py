@@ -2,7 +2,7 @@
 optimization_results.yaml (best params, value and the command that re-runs the best trial;
 with several objectives the Pareto-optimal trials under ``solutions``, as the upstream
 plugin writes them), PNG plots (Optuna's matplotlib visualizations) and a compact table of
-the top (Pareto-optimal) trials."""
+the top (Pareto-optimal) trials; at the sweep's end, :func:`finalize` logs them."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import io
 import logging
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective
 from optimlab.config import overrides as ovr
 from optimlab.files import atomic_write_bytes, atomic_write_text
 from optimlab.observe.tables import render
 from optimlab.sweeping.attempts import RESUME_OF, RESUME_REASON
+from optimlab.sweeping.workers import SWEEP_LOGGER
 
 log = logging.getLogger(__name__)
+sweep_log = logging.getLogger(SWEEP_LOGGER)  # the closing lines are the sweep's own
 
 TRIALS_FILE = "trials.csv"
 RESULTS_FILE = "optimization_results.yaml"
@@ -81,6 +84,30 @@ def trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
+def base_overrides(config: DictConfig, config_loader, fixed: Mapping[str, Any]) -> list[str]:
+    """What every trial runs with besides its params: the command line's fixed overrides,
+    then the ``fixed`` values of ``hydra.sweeper.params`` (a single run does not read those)."""
+    cli = [o.input_line for o in ovr.parse(config.hydra.overrides.task) if not o.is_sweep_override()]
+    typed = {ovr.key_of(line) for line in cli}
+    extra = [f"{k}={v}" for k, v in fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
+    return cli + extra + (["hydra.mode=RUN"] if _multirun_by_config(config, config_loader, cli) else [])
+
+
+def _multirun_by_config(config: DictConfig, config_loader, overrides: list[str]) -> bool:
+    """Whether these overrides alone start a sweep (a preset with ``hydra.mode: MULTIRUN``,
+    as lightning-hydra-template's hparams_search): the best trial's command then needs
+    ``hydra.mode=RUN`` to be a single run."""
+    from hydra.types import RunMode
+
+    try:
+        cfg = config_loader.load_configuration(
+            config_name=config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+        )  # fmt: skip
+        return cfg.hydra.mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - only the printed command depends on it
+        return False
+
+
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
     """The sweep's own command (``python train.py``, ``python app.py``, …) that re-runs a
     trial as a single run."""
@@ -137,6 +164,27 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
         )
     atomic_write_text(sweep_dir / RESULTS_FILE, OmegaConf.to_yaml(OmegaConf.create(results)))
     return results
+
+
+def finalize(study, sweep_dir: Path, base_overrides: list[str], storage: str, *, plots: bool, top_k: int) -> None:
+    """The sweep's end: its tables and (``plots``) plots, and the log lines of its top ``top_k``
+    trials, its best one and the command that re-runs it."""
+    try:
+        results = write_tables(study, sweep_dir, base_overrides, storage)
+        if plots:
+            write_plots(study, sweep_dir)
+    except Exception as e:  # noqa: BLE001 - the study is safe in its storage whatever happens here
+        sweep_log.warning("could not write the sweep summary: %s", e)
+        return
+    sweep_log.info("Trials: %s | summary in %s", results.get("trials"), sweep_dir)
+    if len(study.directions) > 1:
+        sweep_log.info("Pareto-optimal trials (%d):\n%s", len(results.get("solutions", [])), top_table(study, top_k))
+        return
+    sweep_log.info("Top trials:\n%s", top_table(study, top_k))
+    if "best_value" in results:
+        sweep_log.info("Best value %.6g (trial %d): %s",
+                       results["best_value"], results["best_trial"], results["best_params"])  # fmt: skip
+        sweep_log.info("Re-run the best trial: %s", results["best_command"])
 
 
 def _best(study):

@@ -1,4 +1,6 @@
-"""The life of a sweep's processes: stop signals as requests, and no orphaned workers.
+"""The life of a sweep's processes: the worker processes a sweep with ``n_workers > 1``
+starts (one per worker index, each its own GPU where several exist), stop signals as
+requests, and no orphaned workers.
 
 SIGTERM (Slurm preemption, ``kill``) to a sweep is a request to stop: a worker stops its
 running trial at once (the run saves its last finished epoch; the trial is marked to
@@ -19,18 +21,27 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+from optimlab.config import overrides as ovr
+from optimlab.errors import SweepStopped
 from optimlab.run.signals import raise_for
 
-log = logging.getLogger(__name__)
+# The sweep's own lines (its workers, the ends of its trials, its summary) come from one
+# logger, whichever module of the sweeper writes them.
+SWEEP_LOGGER = "optimlab.sweeping.sweeper"
+log = logging.getLogger(SWEEP_LOGGER)
 
 PARENT_ENV = "OPTIMLAB_SWEEP_PARENT"  # set by a parent on the workers it starts: its pid
 PR_SET_PDEATHSIG = 1
+# overrides a sweep with n_workers > 1 sets on the worker processes it starts
+WORKER_KEYS = (
+    "hydra.sweep.dir", "hydra.sweeper.storage", "hydra.sweeper.study_name", "hydra.sweeper.n_workers",
+    "hydra.sweeper.worker_index", "hydra.sweeper.session", "hydra.sweeper.sampler.seed",
+)  # fmt: skip
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
 
 
 class Stop:
@@ -121,3 +132,76 @@ def _poll_parent(parent: int, stop: Stop, interval: float = 1.0) -> None:
     while not tick.wait(interval):
         if os.getppid() != parent and stop.signum is None:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- many workers
+
+
+def gpus(assign: bool) -> list[str]:
+    """The GPUs to share out among the workers (``assign_gpus``): the visible ones."""
+    if not assign:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def command(index: int, session: str, sweep_dir: Path, storage_url: str, study_name: str) -> list[str]:
+    """This process's own command as worker ``index`` of ``session``, on the same study."""
+    # the command's own overrides (Hydra's flags such as -m pass through), minus the worker's
+    keep = [a for a in sys.argv[1:] if a.startswith("-") or ovr.key_of(a) not in WORKER_KEYS]
+    extra = [
+        f"hydra.sweep.dir={ovr.quote(sweep_dir)}",
+        f"hydra.sweeper.storage={ovr.quote(storage_url)}",
+        f"hydra.sweeper.study_name={ovr.quote(study_name)}",
+        "hydra.sweeper.n_workers=1",
+        f"hydra.sweeper.worker_index={index}",
+        f"hydra.sweeper.session={ovr.quote(session)}",  # 8e771234 would parse as a float
+    ]
+    return [sys.executable, sys.argv[0], *keep, *extra]
+
+
+def start(commands: list[list[str]], stop: Stop, gpus: list[str]) -> list[subprocess.Popen]:
+    """One worker process per command (the i-th on GPU i, round robin, when several exist);
+    ``stop`` forwards SIGTERM and Ctrl-C to each."""
+    procs: list[subprocess.Popen] = []
+    stop.children = procs  # SIGTERM to this process goes on to every worker
+    for i, cmd in enumerate(commands):
+        env = dict(os.environ)
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        # N workers on one machine share its cores: N processes each running torch's
+        # default of one thread per core oversubscribe the CPU and all slow down.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(commands))))
+        procs.append(subprocess.Popen(cmd, env=child_env(env)))
+        log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
+                 f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
+    if stop.signum is not None:  # it came while the workers were starting
+        stop.forward()
+    return procs
+
+
+def wait(procs: list[subprocess.Popen]) -> list[int]:
+    """The workers' exit codes; Ctrl-C here goes on to the workers still running, and waits for them."""
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+
+
+def check_exit_codes(codes: list[int]) -> None:
+    """Raise SweepStopped when a worker did not exit cleanly."""
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad:
+        raise SweepStopped(
+            "worker(s) " + ", ".join(f"{i} exited with code {c}" for i, c in bad)
+            + "; their errors are above. Run the same command to resume the study."
+        )
