@@ -63,17 +63,25 @@ class StorageError(OptimlabError):
     """The run folder cannot be written (disk full, read-only, no permission)."""
 
     @classmethod
-    def of(cls, path: Path | str, error: OSError) -> StorageError:
+    def of(cls, path: Path | str, error: OSError, run_dir: Path | str | None = None) -> StorageError:
+        """The one line for ``error`` writing ``path`` (a file of the run folder ``run_dir``)."""
         why = STORAGE_HINTS.get(error.errno, error.strerror or type(error).__name__)
         if error.errno in DISK_FULL:
-            todo = "free some space there; the last checkpoint is intact, continue with resume=<run folder>"
+            todo = "free some space there; the last checkpoint is intact" + (
+                f", continue with resume={run_dir}" if run_dir is not None else ", then run the same command again"
+            )
         elif error.errno in STORAGE_ERRNOS:
             todo = "choose a folder you can write (hydra.run.dir=... / hydra.sweep.dir=...)"
         else:
             todo = "check the file system"
         found = cls(f"cannot write {path}: {why} ({error.strerror or error}); {todo}")
-        found.errno = error.errno
+        found.errno, found.path, found.why = error.errno, str(path), why
         return found
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A full disk or an exceeded quota: an OSError, or the StorageError made of one."""
+    return getattr(error, "errno", None) in DISK_FULL
 
 
 class Diverged(OptimlabError):

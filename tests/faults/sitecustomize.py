@@ -10,6 +10,7 @@ hook in optimlab itself. ``OPTIMLAB_KILL_TRIAL=N``: only while the process runs 
 kind of point instead: it writes its pid to ``<path>`` and waits there until the file is
 removed (or a signal arrives), so a test can act on a run at a known step — send SIGTERM
 mid-epoch, start a second run into the same folder — without a timing race.
+``OPTIMLAB_PAUSE_TRIAL=N``: only while the process runs sweep trial N.
 """
 
 import os
@@ -41,16 +42,16 @@ if _KILL or _PAUSE:
 
     def _train_batches(self, batch_size, seed, epoch):
         for step, batch in enumerate(_batches(self, batch_size, seed, epoch)):
-            if (epoch + 1, step) == _KILL and _is_the_trial():
+            if (epoch + 1, step) == _KILL and _is_the_trial("OPTIMLAB_KILL_TRIAL"):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if (epoch + 1, step) == _PAUSE:
+            if (epoch + 1, step) == _PAUSE and _is_the_trial("OPTIMLAB_PAUSE_TRIAL"):
                 _pause()
             yield batch
 
-    def _is_the_trial():
+    def _is_the_trial(variable):
         import json
 
-        wanted = os.environ.get("OPTIMLAB_KILL_TRIAL")
+        wanted = os.environ.get(variable)
         return wanted is None or json.loads(os.environ.get("OPTIMLAB_TRIAL", "{}")).get("number") == int(wanted)
 
     DeviceData.train_batches = _train_batches

@@ -250,7 +250,7 @@ class RunFolder:
         try:
             atomic_write_bytes(path, data)
         except OSError as e:
-            raise StorageError.of(path, e) from e
+            raise StorageError.of(path, e, run_dir=self.path) from e
         return path
 
     def load_checkpoint(self) -> Checkpoint:

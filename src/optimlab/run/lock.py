@@ -69,7 +69,7 @@ class FolderLock:
                 self.path.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
             except OSError as e:
-                raise StorageError.of(self.path, e) from e
+                raise StorageError.of(self.path, e, run_dir=self.path) from e
             self._flock(fd)
         fd = _HELD[self.path]
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}) + "\n"
@@ -80,7 +80,7 @@ class FolderLock:
             os.pwrite(fd, holder.encode(), 0)
         except OSError as e:
             self.release()
-            raise StorageError.of(self.path, e) from e
+            raise StorageError.of(self.path, e, run_dir=self.path) from e
 
     def release(self) -> None:
         fd = _HELD.pop(self.path, None)
@@ -108,7 +108,7 @@ class FolderLock:
                     f"run folder {self.path} is in use by {holder}: one folder holds one run; wait for "
                     f"it to end, or give this run another hydra.run.dir"
                 ) from None
-            raise StorageError.of(self.file, e) from e
+            raise StorageError.of(self.file, e, run_dir=self.path) from e
         _HELD[self.path] = fd
 
 

@@ -156,7 +156,7 @@ def _end_observers(watchers: list, summary: dict[str, Any]) -> None:
 def _storage_error(e: BaseException, folder: RunFolder) -> BaseException:
     """An OS refusal to write (disk full, read-only) from anywhere in the run, as the one-line error."""
     if isinstance(e, OSError) and not isinstance(e, StorageError) and e.errno in STORAGE_ERRNOS:
-        return StorageError.of(e.filename or folder.path, e)
+        return StorageError.of(e.filename or folder.path, e, run_dir=folder.path)
     return e
 
 

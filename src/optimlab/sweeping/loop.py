@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from optimlab.config.overrides import quote
-from optimlab.errors import Pruned, SweepStopped
+from optimlab.errors import Pruned, SweepStopped, is_disk_full
 from optimlab.observe.context import TrialLink
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import SAID, SIGNALS, status_of
@@ -41,6 +41,7 @@ from optimlab.sweeping.storage import is_rdb, redact, study_lock
 from optimlab.sweeping.workers import SWEEP_LOGGER, Stop
 
 log = logging.getLogger(SWEEP_LOGGER)
+DISK_FULL = object()  # tell()'s word for a trial stopped by a full disk
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -211,8 +212,9 @@ class WorkerLoop:
         if returns is None:
             return  # a stop signal ended them: they resume
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
-        for trial, ret in zip(batch, returns):
-            self.tell(trial, ret)
+        full = [trial for trial, ret in zip(batch, returns) if self.tell(trial, ret) is DISK_FULL]
+        if full:
+            raise self.disk_full_stop(full)
         self.sweep.write_tables()
         if self.settings.plots and self.settings.plot_every and n_done(self.study) % self.settings.plot_every == 0:
             summary.write_plots(self.study, self.sweep.sweep_dir)
@@ -257,6 +259,10 @@ class WorkerLoop:
                     return self.launch(batch, jobs)
             except BaseException as e:
                 stopped, host = status_of(e), socket.gethostname()
+                if is_disk_full(e):  # Hydra could not even write the jobs' folders
+                    for trial in batch:
+                        self.mark_disk_full(trial, e)
+                    raise self.disk_full_stop(batch) from None
                 for trial in batch:
                     if stopped:  # the run saved its last finished epoch: the trial goes on from there
                         trial.set_user_attr(attempts.RESUMABLE, True)
@@ -289,6 +295,8 @@ class WorkerLoop:
                 log.info("trial %d PRUNED: %s", trial.number, e)
                 return
             except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
+                if is_disk_full(e):
+                    return self.mark_disk_full(trial, e)
                 return self.fail(trial, f"{type(e).__name__}: {e}")
         values, problem = objective_values(ret.return_value, len(self.settings.directions))
         if problem:
@@ -296,6 +304,31 @@ class WorkerLoop:
         tell_safely(self.study, trial, TrialState.COMPLETE, values)
         shown = values[0] if len(values) == 1 else values
         log.info("trial %d COMPLETE: %s  %s", trial.number, shown, dict(trial.params))
+
+    def mark_disk_full(self, trial, error: BaseException) -> object:
+        """A trial stopped by a full disk: FAIL, and marked to continue from its last
+        checkpoint (its params are not to blame); DISK_FULL."""
+        trial.set_user_attr(attempts.RESUMABLE, True)
+        trial.set_user_attr("status", "disk_full")
+        self.fail(trial, f"{type(error).__name__}: {error}")
+        return DISK_FULL
+
+    def disk_full_stop(self, trials: list) -> SweepStopped:
+        """The one line that ends a sweep whose disk is full: no new trial is sampled into it."""
+        import shutil
+
+        folder = self.sweep.sweep_dir
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        with contextlib.suppress(OSError):  # the tables may not fit either; the study has it all
+            self.sweep.write_tables()
+        numbers = ", ".join(str(t.number) for t in trials)
+        return SweepStopped(
+            f"stopping the sweep: the disk of {folder} is full ({free}); free some space there and run the same "
+            f"command again: trial(s) {numbers} continue from their last checkpoint"
+        )
 
     def fail(self, trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason[:1000])
