@@ -145,7 +145,7 @@ def test_sigkilled_worker_of_two_on_the_default_journal(tmp_path):
     # stopped: either way the parent says which worker died, in one line
     assert first.returncode == 1
     line = one_line_error(first)
-    assert re.fullmatch(r"Error: worker\(s\) [01] exited with code -9; .* Run the same command to resume the study\.", line), line
+    assert re.fullmatch(r"Error: worker\(s\) [01] was killed by SIGKILL; .* run the same command to resume the study\.", line), line
 
     ok(train_cli(*args, cwd=tmp_path))  # the same command again
     study = load(journal(tmp_path, "w"))

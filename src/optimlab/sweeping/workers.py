@@ -202,6 +202,14 @@ def check_exit_codes(codes: list[int]) -> None:
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
     if bad:
         raise SweepStopped(
-            "worker(s) " + ", ".join(f"{i} exited with code {c}" for i, c in bad)
-            + "; their errors are above. Run the same command to resume the study."
+            "worker(s) " + ", ".join(_exit(i, c) for i, c in bad) + "; the study keeps every finished trial, and a "
+            "killed worker's trial continues: run the same command to resume the study."
         )
+
+
+def _exit(index: int, code: int) -> str:
+    """How worker ``index`` ended: a signal by name (it printed nothing), else its exit code
+    (it printed its own error line above)."""
+    if code < 0:
+        return f"{index} was killed by {signal.Signals(-code).name}"
+    return f"{index} exited with code {code} (its error is above)"
