@@ -30,3 +30,13 @@ def test_a_bad_single_run_leaves_no_folder_behind(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert (keep / "notes.txt").read_text() == "mine\n"
     assert not (keep / "metrics.csv").exists() and not (keep / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_without_a_search_space_is_refused_before_anything_is_written(tmp_path):
+    result = _train("-m", *TINY, "hydra/sweeper=optimlab", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    lines = [line for line in out.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "no search space" in lines[0] and "seed=range(0,5)" in lines[0], out
+    assert "Traceback" not in out and not (tmp_path / "sweep").exists(), out

@@ -107,6 +107,14 @@ class OptimlabSweeperImpl(Sweeper):
             refuse(e)  # before the first trial, and before anything is written
         s = self.settings
         space = upstream.search_space(s.params, s.search_space, s.custom_search_space, arguments)
+        # optimlab's runs are seeded: trials without a search space repeat one run (another app's
+        # task may be random, and upstream runs n_trials such jobs: it keeps that)
+        if not space.distributions and space.extender is None and packing.is_optimlab_task(self.task_function):
+            refuse(SweepConfigError(
+                "the sweep has no search space (no key=interval(...)/choice(...)/range(...) on the command line or in "
+                "hydra.sweeper.params): every trial would be the same run; add one, e.g. lr=interval(0.001,0.1), "
+                "or sweep the seed to repeat a run: seed=range(0,5)"
+            ))  # fmt: skip
         sweep = self._open(space)
         if self.settings.n_workers > 1 and self.settings.session is None:
             return self._run_workers(sweep)
