@@ -40,3 +40,16 @@ def test_a_sweep_without_a_search_space_is_refused_before_anything_is_written(tm
     lines = [line for line in out.splitlines() if line.startswith("Error: ")]
     assert len(lines) == 1 and "no search space" in lines[0] and "seed=range(0,5)" in lines[0], out
     assert "Traceback" not in out and not (tmp_path / "sweep").exists(), out
+
+
+@pytest.mark.slow
+def test_a_folder_name_too_long_for_the_file_system_is_one_line(tmp_path):
+    long = "x" * 300
+    run = _train(*TINY, f"hydra.run.dir=out/{long}", cwd=tmp_path)
+    sweep = _train("-m", *TINY, "hydra/sweeper=optimlab", "lr=interval(0.01,0.1)", "hydra.sweeper.n_trials=1",
+                   f"hydra.sweep.dir=out/{long}", cwd=tmp_path)  # fmt: skip
+    for result, words in ((run, "longer than the file system allows"), (sweep, "more than the file system allows")):
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out[-3000:]
+        assert "Traceback" not in out and words in out and "shorter" in out, out[-3000:]
+    assert not list(tmp_path.rglob("*.yaml")), "nothing written"

@@ -54,6 +54,7 @@ STORAGE_HINTS = {
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: "a folder or file name is longer than the file system allows (255 bytes per name)",
 }
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 STORAGE_ERRNOS = tuple(STORAGE_HINTS)
@@ -70,6 +71,8 @@ class StorageError(OptimlabError):
             todo = "free some space there; the last checkpoint is intact" + (
                 f", continue with resume={run_dir}" if run_dir is not None else ", then run the same command again"
             )
+        elif error.errno == errno.ENAMETOOLONG:
+            todo = "choose a shorter folder name (hydra.run.dir=... / hydra.sweep.dir=...)"
         elif error.errno in STORAGE_ERRNOS:
             todo = "choose a folder you can write (hydra.run.dir=... / hydra.sweep.dir=...)"
         else:

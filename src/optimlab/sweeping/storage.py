@@ -21,6 +21,7 @@ JOURNAL = "journal://"
 SQLITE = "sqlite:///"
 
 _cache: dict = {}
+NAME_MAX = 255  # bytes per file or folder name on Linux, macOS and Windows file systems
 EXAMPLES = "sqlite:///path/optuna.db, journal:///path/optuna.journal or postgresql://user@host/db"
 
 
@@ -70,6 +71,12 @@ def check(url: str) -> None:
 
 def check_writable(path: Path, shown: str) -> None:
     """The file (or the folder it will be created in) must be writable by this process."""
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:
+        raise StudyStorageError(
+            f"{shown}: the name {too_long[0][:40]}… is {len(os.fsencode(too_long[0]))} bytes long, more than the "
+            f"file system allows ({NAME_MAX} per name); choose a shorter one"
+        )
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

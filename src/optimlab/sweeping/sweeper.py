@@ -125,10 +125,10 @@ class OptimlabSweeperImpl(Sweeper):
     def _open(self, space: upstream.SearchSpace) -> loop.OpenSweep:
         """The sweep's study, created or resumed, with its sampler; its folder and storage checked first."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
-        given = self.settings.storage
-        url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         # bad storages and folders are one line each, before anything is written
         storages.check_writable(sweep_dir / loop.trial_dir_name(0), f"hydra.sweep.dir={sweep_dir}")
+        given = self.settings.storage
+        url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
         base_overrides = summary.base_overrides(self.config, self.hydra_context.config_loader, space.fixed)
         if self.settings.pack != 1:
