@@ -96,6 +96,7 @@ class OptimlabSweeperImpl(Sweeper):
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
                           status, signal.Signals(self.stop.signum).name)  # fmt: skip
+                workers.exit_if_worker(EXIT_CODES[status])
                 raise SystemExit(EXIT_CODES[status])
 
     def _sweep(self, arguments: list[str]) -> None:
