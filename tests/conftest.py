@@ -38,17 +38,123 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def train_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python train.py <args>` for real in ``cwd`` (outputs/ and multirun/ land there)."""
+def train_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
+              process: bool = False) -> subprocess.CompletedProcess:
+    """`python train.py <args>` in ``cwd`` (outputs/ and multirun/ land there).
+
+    In this process (Hydra's own main, as ``python train.py`` calls it) unless a process
+    boundary is what the test is about: ``process=True``, or an ``env`` that loads the fault
+    hooks (``PYTHONPATH``), which only a new interpreter picks up. A sweep's workers are real
+    processes either way."""
+    if process or "PYTHONPATH" in (env or {}):
+        return run_python(str(TRAIN_PY), *args, cwd=cwd, timeout=timeout, env=env)
+    return run_in_process(args, cwd=cwd, env=env)
+
+
+def run_python(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python <args>`` for real: a new interpreter, its output captured."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(TRAIN_PY), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)  # fmt: skip
+
+
+def start_python(*args: str, cwd: Path, env: dict | None = None, module: str | None = None,
+                 umask: int | None = None, **popen) -> subprocess.Popen:
+    """``python train.py <args>`` (or ``python -m <module> <args>``) started for real, for a
+    test that signals or kills it; stdout and stderr merged into one pipe (read it with
+    ``finish``)."""
+    args = ("-m", module, *args) if module else (str(TRAIN_PY), *args)
+    if umask is not None:
+        popen["preexec_fn"] = lambda: os.umask(umask)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    """Wait for a started process: its exit code and its whole output."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out: never leave it running
+            proc.kill()
+    return proc.returncode, out
+
+
+def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python train.py <args>`` (or ``python -m <module> <args>``) here, as if from a shell in
+    ``cwd``: argv, environment, working folder and output are its own for the call, and
+    everything a run changes in this process (logging, Hydra's global state, torch's
+    switches) is put back afterwards. The exit code is what the process would exit with."""
+    import io
+    import logging
+    import traceback
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    if module:
+        import runpy
+
+        def main():
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        from optimlab.cli import main
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_streams = sys.stdout, sys.stderr
+    saved_torch = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    saved_raise = logging.raiseExceptions
+    saved_logging = _logging_state()
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    os.environ.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    os.chdir(cwd)
+    sys.argv = [module or str(TRAIN_PY), *map(str, args)]
+    sys.stdout, sys.stderr = out, err
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            err.write(f"{e.code}\n")
+    except BaseException:  # what the interpreter would print and exit 1 with
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        _restore_logging(saved_logging)
+        logging.raiseExceptions = saved_raise
+        torch.set_num_threads(saved_torch[0])
+        torch.use_deterministic_algorithms(saved_torch[1])
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+def _loggers():
+    import logging
+
+    return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+
+
+def _logging_state() -> dict:
+    return {lg: (lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in _loggers()}
+
+
+def _restore_logging(saved: dict) -> None:
+    """Each logger as it was; a handler a run added (Hydra's file and console handlers) closed."""
+    for logger in _loggers():
+        handlers, level, disabled, propagate = saved.get(logger, ([], 0, False, True))
+        for handler in logger.handlers[:]:
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.disabled, logger.propagate = disabled, propagate
+        logger.setLevel(level)  # and clears logging's level cache
 
 
 def run_dirs(base: Path, pattern: str = "outputs/*/*") -> list[Path]:

@@ -3,15 +3,9 @@ else changed."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import TINY, TRAIN_PY
-
-
-def _train(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN_PY), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+from conftest import TINY
+from conftest import train_cli as _train
 
 
 @pytest.mark.slow

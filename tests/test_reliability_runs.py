@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TRAIN_PY
+from conftest import TINY, finish
+from conftest import start_python as start
 
 from optimlab.run.folder import RunFolder
 from test_repro import assert_same_state, load_checkpoint, metrics, snapshot
@@ -29,24 +30,6 @@ from test_repro import assert_same_state, load_checkpoint, metrics, snapshot
 FAULTS = str(Path(__file__).resolve().parent / "faults")
 # Adam + OneCycle (stepped every batch): 8 steps per epoch, 3 epochs; resume must restore all of it
 RUN = [*TINY, "data.image_size=8", "data.channels=1", "seed=3", "optimizer=adam", "scheduler=onecycle", "lr=3e-3", "epochs=3"]
-
-
-def start(*args: str, cwd: Path, env: dict | None = None, module: str | None = None, umask: int | None = None):
-    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, str(TRAIN_PY), *args]
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
-    )  # fmt: skip
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, out
 
 
 def run(*args: str, cwd: Path, **kw) -> tuple[int, str]:

@@ -1,8 +1,9 @@
 """Reproducibility: identical runs, bit-exact resume after kill -9, atomic checkpoints,
 re-run from a folder (single run and sweep trial), seeded sweeps.
 
-Every run is a real ``python train.py`` (or ``python -m optimlab.rerun``) subprocess on
-a tiny synthetic dataset; independent runs are started together to save wall time.
+Every run is ``python train.py`` (or ``python -m optimlab.rerun``) on a tiny synthetic
+dataset: a real subprocess where a fault hook kills it (and `b`, the identical twin of `a`),
+Hydra's main in this process for the rest, while those subprocesses run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TRAIN_PY, compose_config
+from conftest import TINY, compose_config, finish, run_in_process
+from conftest import start_python as start
 
 from optimlab.engine.training import TIMING_COLUMNS
 from optimlab.errors import CheckpointError, ConfigError
@@ -43,20 +45,6 @@ pytestmark = pytest.mark.slow
 BASE = [*TINY, "data.image_size=8", "data.channels=1", "seed=3"]
 FAST = [*BASE, "optimizer=adam", "scheduler=onecycle", "lr=3e-3"]
 ADAM_ONECYCLE = [*FAST, "epochs=3"]
-
-
-def start(*args: str, cwd: Path, env: dict | None = None, module: str | None = None) -> subprocess.Popen:
-    """Start ``python train.py <args>`` (or ``python -m <module> <args>``) without waiting."""
-    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, str(TRAIN_PY), *args]
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )  # fmt: skip
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
 
 
 def metrics(run_dir: Path, timing: bool = False) -> list[dict[str, str]]:
@@ -116,15 +104,18 @@ OSWEEP = [
 ]
 
 
-def run_wave(jobs: dict[str, dict], cwd: Path, parallel: int = 4) -> dict[str, tuple[int, str]]:
-    """Run independent jobs (kwargs of :func:`start`), at most ``parallel`` at a time."""
-    pending, running, done = list(jobs.items()), {}, {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, job = pending.pop(0)
-            running[name] = start(*job["args"], cwd=cwd, env=job.get("env"), module=job.get("module"))
-        name = next(iter(running))
-        done[name] = finish(running.pop(name), timeout=600)
+def run_wave(jobs: dict[str, dict], cwd: Path) -> dict[str, tuple[int, str]]:
+    """Run independent jobs (kwargs of :func:`start`): the ones with fault hooks (or marked
+    ``process``) as real processes, started first, and the rest in this process meanwhile."""
+    started = {name: start(*job["args"], cwd=cwd, env=job.get("env"), module=job.get("module"))
+               for name, job in jobs.items() if job.get("process") or "PYTHONPATH" in job.get("env", {})}  # fmt: skip
+    done = {}
+    for name, job in jobs.items():
+        if name not in started:
+            result = run_in_process(job["args"], cwd=cwd, env=job.get("env"), module=job.get("module"))
+            done[name] = result.returncode, result.stdout + result.stderr
+    for name, proc in started.items():
+        done[name] = finish(proc, timeout=600)
     return done
 
 
@@ -144,7 +135,7 @@ def runs(tmp_path_factory) -> dict:
     out = run_wave(
         {
             "a": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['a']}"]},
-            "b": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['b']}"]},
+            "b": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['b']}"], "process": True},  # vs `a`: another process
             "killed": {"args": [*ADAM_ONECYCLE, *quiet, f"hydra.run.dir={d['killed']}"], "env": kill_at("2:3")},
             "s3": {"args": [*STEP, *quiet, "epochs=3", f"hydra.run.dir={d['s3']}"]},
             "s2k": {"args": [*STEP, *quiet, "epochs=2", f"hydra.run.dir={d['s2k']}"], "env": kill_at("2")},
