@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -112,7 +114,8 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     sys.argv = [module or str(TRAIN_PY), *map(str, args)]
     sys.stdout, sys.stderr = out, err
     try:
-        main()
+        with _interpreter_warnings(err):
+            main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
@@ -132,6 +135,20 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
         torch.set_num_threads(saved_torch[0])
         torch.use_deterministic_algorithms(saved_torch[1])
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _interpreter_warnings(stream):
+    """Warnings as ``python`` shows them (its default filters, printed to stderr), not as
+    pytest collects them: a test that says "no warning reaches the user" sees them."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: stream.write(
+            warnings.formatwarning(message, category, filename, lineno, line))  # fmt: skip
+        yield
 
 
 def _loggers():

@@ -47,10 +47,13 @@ from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb,
 
 log = logging.getLogger(workers.SWEEP_LOGGER)
 
-# optuna's notes about APIs this module uses on purpose (heartbeats and stale-trial checks
-# outside Study.optimize)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
+def _quiet_optuna_notes() -> None:
+    """Optuna's notes about APIs a sweep uses on purpose (heartbeats and stale-trial checks
+    outside Study.optimize): set when a sweep starts, not when this module is imported."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 class OptimlabSweeperImpl(Sweeper):
@@ -82,6 +85,7 @@ class OptimlabSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ sweep
 
     def sweep(self, arguments: list[str]) -> None:
+        _quiet_optuna_notes()
         with workers.Stop() as self.stop:
             workers.die_with_parent(self.stop)
             try:
