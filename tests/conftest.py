@@ -83,8 +83,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``python train.py <args>`` (or ``python -m <module> <args>``) here, as if from a shell in
+def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None = None,
+                   script: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python train.py <args>`` (or ``python -m <module> <args>``, or ``python <script>
+    <args>``, a one-file app beside its config) here, as if from a shell in
     ``cwd``: argv, environment, working folder and output are its own for the call, and
     everything a run changes in this process (logging, Hydra's global state, torch's
     switches) is put back afterwards. The exit code is what the process would exit with."""
@@ -95,11 +97,19 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
-    if module:
-        import runpy
+    import runpy
 
+    if module:
         def main():
             runpy.run_module(module, run_name="__main__", alter_sys=True)
+    elif script:
+        def main():
+            folder = str(Path(cwd, script).resolve().parent)
+            sys.path.insert(0, folder)  # as `python <script>` puts its folder first
+            try:
+                runpy.run_path(script, run_name="__main__")  # sys.argv[0] as typed
+            finally:
+                sys.path.remove(folder)
     else:
         from optimlab.cli import main
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
@@ -111,7 +121,7 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     code = 0
     os.environ.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     os.chdir(cwd)
-    sys.argv = [module or str(TRAIN_PY), *map(str, args)]
+    sys.argv = [module or script or str(TRAIN_PY), *map(str, args)]
     sys.stdout, sys.stderr = out, err
     try:
         with _interpreter_warnings(err):

@@ -1,5 +1,5 @@
 """A tiny Hydra app (no torch) for sweeper tests: written into a test's folder and run as
-``python app.py -m hydra/sweeper=optimlab …`` in a real subprocess.
+``python app.py -m hydra/sweeper=optimlab …``, run by Hydra's own main in the test's process.
 
 It returns ``(x + y, (x - 2)**2 + y)`` (its first ``n_values`` items, or three values for
 ``n_values=3``; ``n_values=1``: a float), raises for ``fail=true``, and writes the config it ran with to
@@ -9,12 +9,11 @@ It returns ``(x + y, (x - 2)**2 + y)`` (its first ``n_values`` items, or three v
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
+from conftest import run_in_process
 
 APP = '''
 import json, os
@@ -76,14 +75,10 @@ def run(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
     """``python app.py -m hydra/sweeper=optimlab <args>`` in ``folder``."""
     if not (folder / "app.py").exists():
         write(folder)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     flags = [a for a in args if a.startswith("--")]  # --config-name=… before the overrides
     overrides = [a for a in args if not a.startswith("--")]
     seed = [] if "hydra/sweeper/sampler=grid" in args else ["hydra.sweeper.sampler.seed=0"]  # grid: no seed
-    return subprocess.run(
-        [sys.executable, "app.py", *flags, "-m", "hydra/sweeper=optimlab", *seed, *overrides],
-        cwd=folder, capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+    return run_in_process([*flags, "-m", "hydra/sweeper=optimlab", *seed, *overrides], cwd=folder, script="app.py")
 
 
 def study(folder: Path, name: str = "s") -> optuna.Study:

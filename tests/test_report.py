@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from optimlab import report
-from conftest import TINY, train_cli
+from conftest import TINY, run_in_process, train_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # TINY without its epochs=1, on a small LeNet input so each job takes a second or two
@@ -58,9 +58,7 @@ def grid(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_grid_report_table_csv_and_png(grid):
-    proc = subprocess.run(
-        [sys.executable, "-m", "optimlab.report", str(grid)], capture_output=True, text=True, timeout=120
-    )
+    proc = run_in_process([str(grid)], cwd=grid, module="optimlab.report")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     # every job also got its own curves.png

@@ -1,5 +1,5 @@
 """hydra-optuna-sweeper's features, through hydra/sweeper=optimlab: a tiny Hydra app (no
-torch, tests/hydra_app.py) swept in real subprocesses with real SQLite studies.
+torch, tests/hydra_app.py) swept by Hydra's own main with real SQLite studies.
 
 Already shown elsewhere: resume, pruning, grid + failures with train.py (test_sweep.py),
 several directions (test_multiobjective.py), the upstream plugin itself on train.py

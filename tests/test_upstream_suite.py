@@ -3,7 +3,7 @@
 ``hydra/sweeper=optimlab``. The tests are written anew here; each is named after the upstream
 test whose behaviour it checks. The example apps the upstream tests run (sphere,
 multi-objective, custom search space, the grid config) have small torch-free counterparts
-below, written into the test's folder and swept in real subprocesses.
+below, written into the test's folder and swept by Hydra's own main (in the test's process).
 
 Upstream test                                   Here
 ---------------------------------------------   ------------------------------------------------
@@ -40,13 +40,12 @@ one); here their ``values`` are compared.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra_app as app
+from conftest import run_in_process
 import optuna
 import pytest
 import yaml
@@ -198,10 +197,9 @@ def sweep(folder: Path, script: str, *args: str) -> subprocess.CompletedProcess:
         (folder / name).write_text(text)
     flags = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
-    cmd = [sys.executable, script, *flags, "--multirun", "hydra/sweeper=optimlab", f"hydra.sweep.dir={folder / 'sweep'}",
-           "hydra.sweeper.plots=false", *overrides]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300, env=env)
+    args = [*flags, "--multirun", "hydra/sweeper=optimlab", f"hydra.sweep.dir={folder / 'sweep'}",
+            "hydra.sweeper.plots=false", *overrides]  # fmt: skip
+    return run_in_process(args, cwd=folder, script=script)
 
 
 def results(folder: Path) -> dict[str, Any]:
