@@ -18,8 +18,9 @@ from conftest import ROOT
 SRC = ROOT / "src"
 PACKAGE = SRC / "optimlab"
 FOLDER_OWNER = "optimlab.run.folder"
-RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt", "log.csv", "profile_trace.json")
-OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "LOG_TABLE_FILE", "PROFILE_TRACE_FILE")
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoint.pt", "best.pt", "eval.json", "log.csv", "profile_trace.json")
+OWNED_CONSTANTS = ("SUMMARY_FILE", "METRICS_FILE", "CHECKPOINT_FILE", "BEST_FILE", "EVAL_FILE", "LOG_TABLE_FILE",
+                   "PROFILE_TRACE_FILE")  # fmt: skip
 
 # Lower numbers are lower layers; a module may import its own package or lower layers.
 LAYERS = {
