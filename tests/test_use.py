@@ -160,3 +160,27 @@ def test_refusals_are_one_line(trained, tmp_path, capsys):
     assert "split='train2' is not valid" in one_line_error(eval_main, [str(folder), "split=train2"], capsys)
     assert "cannot apply" in one_line_error(eval_main, [str(folder), "data.nope=1"], capsys)
     assert issubclass(CheckpointError, ConfigError) and issubclass(DataError, ConfigError)
+
+
+def test_an_image_folder_run_predicts_its_class_folder_names(tmp_path, capsys):
+    from test_data import png, write_folder
+
+    write_folder(tmp_path / "imgs", per_class=6)  # cat, dog, eel: colour images of every size
+    cfg = compose_config(["data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=3",
+                          "data.val_size=3", "data.test_size=3", "data.image_size=16", "model=lenet", "batch_size=4",
+                          "epochs=1", "logger=none", "quiet=true", "plots=false"])  # fmt: skip
+    run(cfg, str(tmp_path / "run"))
+    loaded = optimlab.load(tmp_path / "run")
+    assert loaded.classes == ["cat", "dog", "eel"] and loaded.transform.shape == (3, 16, 16)
+    with pytest.raises(SystemExit) as done:
+        predict_main([str(tmp_path / "run"), str(tmp_path / "imgs"), "--out", str(tmp_path / "p.csv")])
+    assert done.value.code == 0
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    files = sorted(str(p.relative_to(tmp_path / "imgs")) for p in (tmp_path / "imgs").rglob("*.png"))
+    assert [r["file"] for r in rows] == files and len(rows) == 18
+    expected = loaded.predict([tmp_path / "imgs" / f for f in files])
+    assert [r["class"] for r in rows] == [c for c, _ in expected] and {r["class"] for r in rows} <= set(loaded.classes)
+    png(tmp_path / "gray.png", (30, 30), mode="L")  # a grayscale image for a colour model
+    line = one_line_error(predict_main, [str(tmp_path / "run"), str(tmp_path / "gray.png")], capsys)
+    assert "is grayscale (mode L) but the run's model takes colour (3 channels) images" in line

@@ -351,6 +351,18 @@ def _download_cifar(cls, root: Path) -> None:
     )  # fmt: skip
 
 
+def read_cifar_names(folder: Path, cls) -> tuple[str, ...] | None:
+    """The class names in the dataset's meta file (CIFAR-10 ``batches.meta``: ``label_names``,
+    CIFAR-100 ``meta``: ``fine_label_names``); None when the file is missing or unreadable
+    (the labels then name the classes: names are for predictions, never worth failing a run)."""
+    try:
+        with open(folder / cls.meta["filename"], "rb") as f:
+            names = pickle.load(f, encoding="latin1")[cls.meta["key"]]
+        return tuple(str(n) for n in names)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+
+
 def load_cifar(cls, root: str, download: bool, val_size: float, split_seed: int) -> Splits:
     """CIFAR-10 or CIFAR-100 (torchvision's class ``cls`` names the files) in its python
     on-disk layout, ``<root>/<cls.base_folder>/``; the validation split is held out of training."""
@@ -368,7 +380,7 @@ def load_cifar(cls, root: str, download: bool, val_size: float, split_seed: int)
     train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     test = read_cifar_batch(folder / test_files[0], what)
     train, val = split_off(train, held_count(val_size, len(train)), split_seed)
-    return Splits(train, val, test)
+    return Splits(train, val, test, classes=read_cifar_names(folder, cls))
 
 
 @facts(channels=3, image_size=32, num_classes=10, train_pool=50000)
