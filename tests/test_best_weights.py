@@ -80,3 +80,14 @@ def test_test_on_is_checked():
 
     with pytest.raises(ConfigError, match=r"^test_on='first' is not valid: must be one of best, last, both"):
         validate(compose_config([*DIGITS, "test_on=first"]))
+
+
+def test_the_best_epoch_is_chosen_by_the_first_epoch_metric_among_the_objectives():
+    from optimlab.objective import selection
+
+    assert selection({"metric": "val_loss", "direction": "minimize"}) == ("val_loss", "minimize")
+    assert selection({"metric": "val_acc", "direction": "maximize", "metrics": ["train_seconds", "val_acc"],
+                      "directions": ["minimize", "maximize"]}) == ("val_acc", "maximize")  # fmt: skip
+    # only run metrics (one value per run): the validation loss picks the weights
+    assert selection({"metric": "val_acc", "direction": "maximize", "metrics": ["train_seconds", "n_parameters"]}) == (
+        "val_loss", "minimize")  # fmt: skip
