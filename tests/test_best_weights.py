@@ -62,10 +62,12 @@ def test_best_weights_are_kept_and_the_test_figures_come_from_them(tmp_path):
     assert compose_config(DIGITS).test_on == "best"  # the default
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_from_the_recorded_best(tmp_path):
-    whole = train(tmp_path / "whole", "epochs=6")
+    whole = train(tmp_path / "whole", "epochs=5")
     train(tmp_path / "first", "epochs=4")  # its checkpoint (epoch 4) holds epoch 3's weights as the best
-    args = [f"resume={tmp_path / 'first'}", "epochs=6"]
+    assert RunFolder(tmp_path / "first", create=False).load_checkpoint().best["model"] is not None
+    args = [f"resume={tmp_path / 'first'}", "epochs=5"]
     plan = prepare(compose_config([*DIGITS, *args]), args)
     run(plan.config, str(tmp_path / "resumed"), overrides=args, resume=plan)
     resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
