@@ -109,6 +109,8 @@ def write_tiny_cifar100(root: Path, n_train: int = 30, n_test: int = 10) -> Path
         }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
+    with open(folder / "meta", "wb") as f:  # the class names, as the real file holds them
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": []}, f)
     return folder
 
 
@@ -120,6 +122,7 @@ def test_cifar100_reads_fine_labels_and_trains(tmp_path):
         raw = pickle.load(f)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 10)
     assert splits.test.y.tolist() == raw["fine_labels"]
+    assert splits.classes == tuple(f"class{i}" for i in range(100))  # from the meta file
     assert torch.equal(splits.test.x[3, 1].flatten(), torch.from_numpy(raw["data"][3, 1024:2048]))  # green plane
     summary = train(tmp_path, overrides)
     assert summary["status"] == "completed"
@@ -201,6 +204,7 @@ def test_image_folder_resizes_labels_and_splits_seeded(tmp_path):
     assert splits.train.x.shape[1:] == (3, 16, 16) and splits.train.x.dtype == torch.uint8
     labels = torch.cat([splits.train.y, splits.val.y, splits.test.y])
     assert sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8  # sorted class folders: cat 0, dog 1, eel 2
+    assert splits.classes == ("cat", "dog", "eel")  # recorded with the run's weights: predictions name them
     again = datasets.load(compose_config(overrides).data)
     assert torch.equal(again.val.x, splits.val.x)  # the split does not move
     # one image's pixels: PIL's bilinear resize of that file

@@ -77,6 +77,10 @@ def test_installed_wheel_trains_and_sweeps_from_any_folder(tmp_path):
     train = tmp_path / "venv" / "bin" / "optimlab-train"
     ok(run([str(train), *tiny, "hydra.run.dir=one"], cwd=work))
     assert (work / "one" / "summary.json").exists() and (work / "one" / "checkpoint.pt").exists()
+    # the installed console scripts use the run: optimlab-eval composes the packaged conf/ for its overrides
+    evaluated = run([str(tmp_path / "venv" / "bin" / "optimlab-eval"), "one", "split=val", "device=cpu"], cwd=work)
+    ok(evaluated)
+    assert "val_acc" in evaluated.stdout and (work / "one" / "eval.json").exists()
     ok(run([str(train), "-m", *tiny, "lr=interval(0.001,0.1)", "hydra/sweeper=optimlab", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.plots=false", "hydra.sweep.dir=sw"], cwd=work))  # fmt: skip
     assert [t.state for t in load(work / "sw").trials] == [TrialState.COMPLETE] * 2

@@ -41,6 +41,9 @@ def test_csv_logger_rows_per_epoch_then_the_end(tmp_path):
     end = rows[-1]
     assert end["status"] == "completed"
     assert float(end["test/acc"]) == pytest.approx(summary["test"]["acc"])
+    # which weights the test figures come from
+    assert end["test_weights"] == f"best epoch {summary['test']['epoch']}"
+    assert float(end["test/weights_epoch"]) == summary["test"]["epoch"]
     assert float(end["objective"]) == pytest.approx(summary["objective"]["value"])
     assert not list(tmp_path.glob("events.out.tfevents.*"))  # only the loggers asked for
 
@@ -90,6 +93,8 @@ def test_mlflow_sqlite_store_read_back_through_the_client(tmp_path):
         assert [m.step for m in history] == [1, 2], tag
         assert [m.value for m in history] == pytest.approx([float(r[field]) for r in metrics], rel=1e-5), tag
     assert found.data.metrics["test/acc"] == pytest.approx(summary["test"]["acc"])
+    assert found.data.tags["optimlab.test_weights"] == f"best epoch {summary['test']['epoch']}"
+    assert found.data.metrics["test/weights_epoch"] == summary["test"]["epoch"]
     assert found.data.metrics["objective"] == pytest.approx(summary["objective"]["value"])
 
 
@@ -256,6 +261,7 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch):
             assert h[tag] == pytest.approx(float(m[field]), rel=1e-6), tag
     assert wb["summary"]["status"] == "completed"
     assert wb["summary"]["test/acc"] == pytest.approx(summary["test"]["acc"])
+    assert wb["summary"]["test_weights"] == f"best epoch {summary['test']['epoch']}"
     assert wb["summary"]["objective"] == pytest.approx(summary["objective"]["value"])
     assert wb["exit"] is not None and wb["exit"].exit_code == 0
 

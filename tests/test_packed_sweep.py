@@ -188,6 +188,9 @@ def test_each_packed_trial_folder_is_a_complete_run_folder(sweeps):
         if t.state.name == "COMPLETE":
             assert summary["objective"]["value"] == pytest.approx(t.value)
             assert "test" in summary
+            # tested like a solo run: on the best epoch's weights, kept in best.pt
+            assert summary["test_weights"] == "best" and (folder / "best.pt").is_file()
+            assert summary["test"]["epoch"] == summary["best_weights"]["epoch"] == summary["objective"]["best_epoch"]
             # the trial was a Hydra job: the job callbacks got its JobReturn
             assert f"Succeeded with return value: {t.value}" in (folder / "train.log").read_text()
 
@@ -227,6 +230,11 @@ def test_run_packed_matches_runs_alone_and_trains_unpackable_runs_one_after_anot
     alone = [run(cfg, str(tmp_path / f"alone{i}")) for i, cfg in enumerate(cfgs)]
     dirs = [str(tmp_path / f"packed{i}") for i in range(2)]
     assert run_packed(cfgs, dirs, [[], []], [[], []]) == pytest.approx(alone, rel=REL)
+    for i, d in enumerate(dirs):  # the test figures come from the same (best) weights as alone
+        packed, solo = (json.loads((tmp_path / f / "summary.json").read_text()) for f in (d, f"alone{i}"))
+        assert packed["test"]["weights"] == solo["test"]["weights"] == "best"
+        assert packed["test"]["epoch"] == solo["test"]["epoch"]
+        assert packed["test"]["acc"] == pytest.approx(solo["test"]["acc"], rel=REL)
     mixed = [*cfgs, compose_config(["model=tudui", *micro])]
     dirs = [str(tmp_path / f"mixed{i}") for i in range(3)]
     with caplog.at_level(logging.WARNING, logger="optimlab.run.packed"):

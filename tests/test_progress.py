@@ -109,6 +109,9 @@ def test_run_line_for_finished_and_diverged_runs():
     done = {"status": "completed", "objective": {"metric": "val_acc", "value": 0.9653, "best_epoch": 7},
             "test": {"acc": 0.95, "loss": 0.2}, "durations": {"total_s": 28.3}, "overrides": ["lr=0.01"]}  # fmt: skip
     assert run_line(done) == "run completed  val_acc 0.9653 (best, epoch 7)  test_acc 0.9500  28.3s  lr=0.01"
+    done["test"].update(weights="best", epoch=7)  # which weights the test figure is from, when recorded
+    assert run_line(done) == ("run completed  val_acc 0.9653 (best, epoch 7)  test_acc 0.9500 (best epoch 7 weights)  "
+                              "28.3s  lr=0.01")
     diverged = {"status": "diverged", "objective": {"metric": "val_acc", "value": float("nan"), "best_epoch": None},
                 "durations": {"total_s": 9.5}, "overrides": ["lr=0.1"]}  # fmt: skip
     assert run_line(diverged) == "run diverged  9.5s  lr=0.1"

@@ -202,7 +202,7 @@ def test_a_finished_folder_reused_by_another_command_is_byte_identical(ref, tmp_
 @pytest.mark.slow  # the reference run it reads takes longer than a few seconds
 def test_umask_022_gives_0644_files(ref):
     modes = {str(p.relative_to(ref)): p.stat().st_mode & 0o777 for p in ref.rglob("*") if p.is_file()}
-    assert {"checkpoint.pt", "metrics.csv", "summary.json", "train.log", ".lock", ".hydra/config.yaml"} <= set(modes)
+    assert {"checkpoint.pt", "best.pt", "metrics.csv", "summary.json", "train.log", ".lock", ".hydra/config.yaml"} <= set(modes)
     assert set(modes.values()) == {0o644}, modes
 
 

@@ -58,7 +58,7 @@ def summary(run_dir: Path) -> dict:
 
 
 def assert_same_state(a: Path, b: Path) -> None:
-    """Final weights and optimizer state of two run folders are bitwise equal."""
+    """Final weights, optimizer state and best-epoch weights of two run folders are bitwise equal."""
     ca, cb = load_checkpoint(a), load_checkpoint(b)
     assert ca["epoch"] == cb["epoch"]
     assert ca["model"].keys() == cb["model"].keys()
@@ -68,6 +68,11 @@ def assert_same_state(a: Path, b: Path) -> None:
         for k in pa:
             assert torch.equal(torch.as_tensor(pa[k]), torch.as_tensor(pb[k])), f"optimizer state differs in {k}"
     assert ca["scheduler"] == cb["scheduler"]
+    # the best epoch's weights (best.pt), which the test figures come from
+    ba, bb = (RunFolder(d, create=False).load_best() for d in (a, b))
+    assert ba["epoch"] == bb["epoch"] and ba["value"] == bb["value"]
+    for k in ba["model"]:
+        assert torch.equal(ba["model"][k], bb["model"][k]), f"best weights differ in {k}"
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

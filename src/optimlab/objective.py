@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import harmonic_mean
 from typing import Any, TypeVar
 
-from optimlab.engine.metrics import DIRECTIONS, EPOCH_METRICS  # noqa: F401 - objective's words, imported from here
+from optimlab.engine.metrics import DIRECTIONS, EPOCH_METRICS, VAL_LOSS  # noqa: F401 - objective's words, imported from here
 
 T = TypeVar("T")
 # one value per run: seconds of all its epochs (training + validation, resumed epochs
@@ -61,6 +61,16 @@ def targets(objective: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         directions = objective.get("directions") or [METRICS.get(str(m), "minimize") for m in metrics]
         return [str(m) for m in metrics], [str(d) for d in directions]
     return [str(objective["metric"])], [str(objective["direction"])]
+
+
+def selection(objective: Mapping[str, Any]) -> tuple[str, str]:
+    """The epoch metric and direction that choose a run's best epoch (whose weights it keeps
+    and tests on): the first of its objectives that is an epoch metric; ``val_loss``,
+    minimized, when every objective is a run metric (train_seconds, ...)."""
+    for metric, direction in zip(*targets(objective)):
+        if metric in EPOCH_METRICS:
+            return metric, direction
+    return VAL_LOSS, EPOCH_METRICS[VAL_LOSS]
 
 
 def summarize(objective: Mapping[str, Any], history: Sequence[Any], n_parameters: int | None) -> dict[str, Any]:

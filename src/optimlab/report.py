@@ -54,7 +54,7 @@ class Run:
     best_epoch: int | None
     best: dict[str, float]
     final: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, Any]  # loss, acc, and the weights they come from (weights: best | last, epoch)
     epochs_done: int
     epochs: int | None
     duration_s: float | None
@@ -233,7 +233,8 @@ def _objective_value(metric: str, x: Any) -> str:
 def table(runs: list[Run], metric: str, params: list[str], metrics: tuple[str, ...] = ()) -> str:
     """The runs, one row each; ``metrics``: several objectives (a Pareto column and one per objective)."""
     goal = ["pareto", *metrics] if metrics else [f"best {metric}", "epoch"]
-    header = ["#", "run", *params, "status", *goal, "final val_acc", "final val_loss", "test_acc", "epochs", "time"]
+    header = ["#", "run", *params, "status", *goal, "final val_acc", "final val_loss", "test_acc", "test weights",
+              "epochs", "time"]  # fmt: skip
     body = []
     for rank, run in enumerate(runs, 1):
         epochs = f"{run.epochs_done}/{run.epochs}" if run.epochs else str(run.epochs_done)
@@ -244,18 +245,23 @@ def table(runs: list[Run], metric: str, params: list[str], metrics: tuple[str, .
             shown = [_num(run.value), str(run.best_epoch or "-")]
         body.append([
             str(rank), run.name, *(_param(run.params.get(k)) for k in params), run.status, *shown,
-            _num(run.final.get(VAL_ACC)), _num(run.final.get(VAL_LOSS)), _num(run.test.get("acc")), epochs,
-            _duration(run.duration_s),
+            _num(run.final.get(VAL_ACC)), _num(run.final.get(VAL_LOSS)), _num(run.test.get("acc")),
+            test_weights(run.test), epochs, _duration(run.duration_s),
         ])  # fmt: skip
     numeric = [all(_finite(r[i]) is not None or r[i] == "-" for r in body) for i in range(len(header))]
     return render(header, body, numeric)
+
+
+def test_weights(test: dict[str, Any]) -> str:
+    """Which weights the test figure comes from: ``best@3`` (best epoch 3), ``last@10``; ``-``: not recorded."""
+    return f"{test['weights']}@{test.get('epoch')}" if test.get("weights") else "-"
 
 
 FINAL_COLUMNS = ("epoch", "lr", *objectives.EPOCH_METRICS)  # the last epoch's row, as metrics.csv names it
 CSV_FIXED = [
     "rank", "run", "status", "objective_metric", "objective_direction", "objective_value", "best_epoch",
     *(f"best_{k}" for k in objectives.EPOCH_METRICS), *(f"final_{k}" for k in FINAL_COLUMNS),
-    "test_loss", "test_acc", "epochs_completed", "epochs", "duration_s", "overrides", "path", "error",
+    "test_loss", "test_acc", "test_weights", "test_epoch", "epochs_completed", "epochs", "duration_s", "overrides", "path", "error",
 ]  # fmt: skip
 
 
@@ -277,6 +283,7 @@ def write_csv(runs: list[Run], metric: str, direction: str, path: Path) -> Path:
             "duration_s": run.duration_s, "overrides": shlex.join(run.overrides), "path": str(run.path),
             "error": run.error,
             "test_loss": run.test.get("loss"), "test_acc": run.test.get("acc"),
+            "test_weights": run.test.get("weights"), "test_epoch": run.test.get("epoch"),
         }  # fmt: skip
         for k in objectives.EPOCH_METRICS:
             row[f"best_{k}"] = run.best.get(k)

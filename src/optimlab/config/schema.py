@@ -28,6 +28,7 @@ DIRECTIONS = objective.DIRECTIONS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MONITORS = (VAL_LOSS, VAL_ACC)
 PLACEMENTS = ("auto", "device", "host")
+TEST_ON = ("best", "last", "both")  # which weights the test split is evaluated on
 
 
 def _finite(v) -> bool:
@@ -207,6 +208,8 @@ class ConfigSchema:
     eval_batch_size: int = field(metadata=AT_LEAST_1)
     data_placement: str = field(metadata=one_of(*PLACEMENTS))
     objective: ObjectiveSchema
+    # best: the best validation epoch's weights (best.pt); last: the last epoch's; both: both, best reported
+    test_on: str = field(metadata=one_of(*TEST_ON))
     checkpoint: CheckpointSchema
     resume: Optional[str]
     quiet: bool

@@ -46,6 +46,13 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    classes: tuple[str, ...] | None = None  # a name per label, when the loader knows them
+
+
+def class_names(classes: Sequence[str] | None, num_classes: int) -> list[str]:
+    """A name per label: the loader's names, else the labels themselves ("0", "1", ...)."""
+    names = [str(c) for c in classes or ()]
+    return names + [str(i) for i in range(len(names), num_classes)]
 
 
 # --------------------------------------------------------------------------- dataset entries
@@ -55,7 +62,8 @@ class Splits:
 # contract (the README's "Your own data"):
 #
 # - it returns a :class:`Splits`, a mapping ``{"train": (x, y), "val": (x, y), "test": (x, y)}``
-#   ("val" and "test" optional), or one pair ``(x, y)``; a missing split is held out of the
+#   ("val" and "test" optional; "classes": a name per label, optional), or one pair ``(x, y)``;
+#   a missing split is held out of the
 #   training images (``data.val_size`` / ``data.test_size``: a count, or a fraction < 1,
 #   seeded by ``data.split_seed``);
 # - images ``x``: uint8 (0-255), shape ``(N, C, H, W)`` (or ``(N, H, W)`` for one channel),
@@ -133,7 +141,8 @@ def load(data: Mapping) -> Splits:
     splits = as_splits(loader(**kwargs), data)
     limit = data.get("limit")
     if limit:  # debug=fast: the first `limit` images of each split
-        splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)))
+        splits = Splits(*(Split(s.x[:limit], s.y[:limit]) for s in (splits.train, splits.val, splits.test)),
+                        classes=splits.classes)  # fmt: skip
     return splits
 
 
@@ -192,17 +201,23 @@ def _split(pair, name: str, target: str) -> Split:
 def as_splits(result, data: Mapping) -> Splits:
     """A loader's result as checked :class:`Splits` (see the contract above)."""
     target = data.get("_target_")
+    classes = None
     if isinstance(result, Splits):
         parts = {"train": result.train, "val": result.val, "test": result.test}
+        classes = result.classes
     elif isinstance(result, Mapping):
-        unknown = sorted(set(result) - {"train", "val", "test"})
+        unknown = sorted(set(result) - {"train", "val", "test", "classes"})
         if unknown or "train" not in result:
             raise DataError(
-                f"data._target_={target} returned splits {sorted(result)}: must have 'train' and may have 'val', 'test'"
+                f"data._target_={target} returned splits {sorted(result)}: must have 'train' and may have 'val', "
+                f"'test' (and 'classes', a name per label)"
             )
-        parts = dict(result)
+        parts = {k: v for k, v in result.items() if k != "classes"}
+        classes = result.get("classes")
     else:
         parts = {"train": result}
+    if classes is not None:
+        classes = tuple(str(c) for c in classes)
     parts = {k: _split(v, k, target) for k, v in parts.items()}
     for name, split in parts.items():
         parts[name] = check_split(split, name, data)
@@ -216,7 +231,7 @@ def as_splits(result, data: Mapping) -> Splits:
             if n >= len(parts["train"]):
                 raise DataError(f"data.{key}={data.get(key)} is not valid: must be < the {len(parts['train'])} training images")
             parts["train"], parts[name] = split_off(parts["train"], n, seed + offset)
-    return Splits(parts["train"], parts["val"], parts["test"])
+    return Splits(parts["train"], parts["val"], parts["test"], classes=classes)
 
 
 def check_split(split: Split, name: str, data: Mapping) -> Split:
@@ -336,6 +351,18 @@ def _download_cifar(cls, root: Path) -> None:
     )  # fmt: skip
 
 
+def read_cifar_names(folder: Path, cls) -> tuple[str, ...] | None:
+    """The class names in the dataset's meta file (CIFAR-10 ``batches.meta``: ``label_names``,
+    CIFAR-100 ``meta``: ``fine_label_names``); None when the file is missing or unreadable
+    (the labels then name the classes: names are for predictions, never worth failing a run)."""
+    try:
+        with open(folder / cls.meta["filename"], "rb") as f:
+            names = pickle.load(f, encoding="latin1")[cls.meta["key"]]
+        return tuple(str(n) for n in names)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+
+
 def load_cifar(cls, root: str, download: bool, val_size: float, split_seed: int) -> Splits:
     """CIFAR-10 or CIFAR-100 (torchvision's class ``cls`` names the files) in its python
     on-disk layout, ``<root>/<cls.base_folder>/``; the validation split is held out of training."""
@@ -353,7 +380,7 @@ def load_cifar(cls, root: str, download: bool, val_size: float, split_seed: int)
     train = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     test = read_cifar_batch(folder / test_files[0], what)
     train, val = split_off(train, held_count(val_size, len(train)), split_seed)
-    return Splits(train, val, test)
+    return Splits(train, val, test, classes=read_cifar_names(folder, cls))
 
 
 @facts(channels=3, image_size=32, num_classes=10, train_pool=50000)
@@ -538,6 +565,8 @@ class DeviceData:
             std = torch.tensor(std, dtype=torch.float32) if std is not None else stats_std
         else:
             mean, std = torch.zeros(c), torch.ones(c)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]  # what a user of the model applies
+        self.classes = splits.classes
         # x_norm = (x/255 - mean) / std, folded into one multiply-add
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self.shift = (-mean / std).view(1, -1, 1, 1).to(device)

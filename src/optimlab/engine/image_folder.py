@@ -39,7 +39,7 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read(path: Path, channels: int, image_size: int) -> tuple[np.ndarray, bool]:
+def read_image(path: Path, channels: int, image_size: int) -> tuple[np.ndarray, bool]:
     """One image as (C, S, S) uint8, and whether it is grayscale at heart."""
     from PIL import Image, UnidentifiedImageError
 
@@ -69,7 +69,7 @@ def _load_split(folder: Path, classes: list[str], channels: int, image_size: int
                 f"add images or remove the folder"
             )
         for path in files:
-            arr, gray = _read(path, channels, image_size)
+            arr, gray = read_image(path, channels, image_size)
             first.setdefault(gray, path)
             if len(first) == 2 and mixed_modes != "convert":
                 raise DataError(
@@ -109,4 +109,5 @@ def load_image_folder(root: str, channels: int, image_size: int, num_classes: in
         if unknown:
             raise DataError(f"data.root: {folder} has class folders that train/ lacks: {', '.join(unknown)}")
     folders = split_dirs or {"train": base}
-    return {s: _load_split(f, classes, channels, image_size, mixed_modes) for s, f in folders.items()}
+    return {**{s: _load_split(f, classes, channels, image_size, mixed_modes) for s, f in folders.items()},
+            "classes": classes}  # fmt: skip

@@ -47,8 +47,9 @@ def _idx_files(cls, train: bool) -> tuple[str, str]:
 
 
 def load_idx(cls, what: str, root: str, download: bool, channels: int, image_size: int, val_size: float,
-             split_seed: int) -> Splits:  # fmt: skip
-    """An MNIST-format dataset through torchvision's class ``cls`` (MNIST, FashionMNIST)."""
+             split_seed: int, classes: tuple[str, ...] | None = None) -> Splits:  # fmt: skip
+    """An MNIST-format dataset through torchvision's class ``cls`` (MNIST, FashionMNIST);
+    ``classes``: a name per label (None: the labels themselves)."""
     root = Path(root).expanduser()
     folder = root / cls.__name__ / "raw"
     wanted = [*_idx_files(cls, True), *_idx_files(cls, False)]
@@ -69,7 +70,7 @@ def load_idx(cls, what: str, root: str, download: bool, channels: int, image_siz
 
     train, test = read(True), read(False)
     train, val = split_off(train, held_count(val_size, len(train)), split_seed)
-    return Splits(train, val, test)
+    return Splits(train, val, test, classes=classes)
 
 
 @facts(num_classes=10, train_pool=60000)
@@ -84,7 +85,8 @@ def load_fashion_mnist(root: str, download: bool, channels: int, image_size: int
                        split_seed: int) -> Splits:  # fmt: skip
     from torchvision.datasets import FashionMNIST
 
-    return load_idx(FashionMNIST, "Fashion-MNIST", root, download, channels, image_size, val_size, split_seed)
+    return load_idx(FashionMNIST, "Fashion-MNIST", root, download, channels, image_size, val_size, split_seed,
+                    classes=tuple(FashionMNIST.classes))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- CIFAR-100

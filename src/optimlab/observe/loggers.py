@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 # trackers optimlab installs as extras (pyproject.toml): import name -> what pip installs
 EXTRAS = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
 # what every logger reports at the end, besides the per-epoch scalars
-TEST_TAGS = {"acc": "test/acc", "loss": "test/loss"}
+# (summary.json's test: the figures of the weights test_on names; test_last: the last epoch's, test_on=both)
+TEST_TAGS = {"acc": "test/acc", "loss": "test/loss", "epoch": "test/weights_epoch"}
+TEST_LAST_TAGS = {"acc": "test_last/acc", "loss": "test_last/loss"}
 
 
 def _reason(e: BaseException) -> str:
@@ -116,8 +118,16 @@ def epoch_scalars(result: EpochResult) -> dict[str, float]:
 
 
 def end_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """The test figures; ``test/weights_epoch``: the epoch whose weights they come from."""
+    test, last = summary.get("test") or {}, summary.get("test_last") or {}
+    found = {TEST_TAGS[k]: float(v) for k, v in test.items() if k in TEST_TAGS and objective.is_finite(v)}
+    return {**found, **{TEST_LAST_TAGS[k]: float(v) for k, v in last.items() if k in TEST_LAST_TAGS}}
+
+
+def test_weights(summary: dict[str, Any]) -> str | None:
+    """Which weights the test figures come from (``best epoch 3``), for a tracker's tag."""
     test = summary.get("test") or {}
-    return {TEST_TAGS[k]: float(v) for k, v in test.items() if k in TEST_TAGS}
+    return f"{test['weights']} epoch {test.get('epoch')}" if test.get("weights") else None
 
 
 # --------------------------------------------------------------------------- CSV
@@ -138,7 +148,7 @@ class CSVLogger:
         self.objectives = Objectives(run.objectives)
         start_epoch = run.start_epoch
         self.columns = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
-                        *TEST_TAGS.values(), *self.hparams]  # fmt: skip
+                        *TEST_TAGS.values(), *TEST_LAST_TAGS.values(), "test_weights", *self.hparams]  # fmt: skip
         old = folder.read_log_table() if start_epoch else []  # resumed: keep the rows up to the checkpoint
         self.rows = [r for r in old if r.get("epoch", "end") != "end" and int(r["epoch"]) <= start_epoch]
         self._write()
@@ -157,7 +167,8 @@ class CSVLogger:
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         self.rows.append({"run": self.run, "epoch": "end", **self.objectives.end(summary),
-                          "status": summary.get("status"), **end_scalars(summary), **self.hparams})  # fmt: skip
+                          "status": summary.get("status"), **end_scalars(summary), "test_weights": test_weights(summary),
+                          **self.hparams})  # fmt: skip
         self._write()
 
 
@@ -260,6 +271,8 @@ class MLflowLogger:
         values = {**end_scalars(summary), **self.objectives.end(summary)}
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, _millis(), step) for k, v in values.items()])
         self.client.set_tag(self.run_id, "optimlab.status", str(summary.get("status")))
+        if test_weights(summary):
+            self.client.set_tag(self.run_id, "optimlab.test_weights", test_weights(summary))
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(summary.get("status"), "FAILED"))
         if self.parent_id is not None:
             self._end_trial(values)
@@ -325,4 +338,6 @@ class WandbLogger:
         status = summary.get("status")
         self.run.summary.update({"status": status, "epochs_completed": summary.get("epochs_completed"),
                                  **end_scalars(summary), **self.objectives.end(summary)})  # fmt: skip
+        if test_weights(summary):
+            self.run.summary["test_weights"] = test_weights(summary)
         self.run.finish(exit_code=0 if status == "completed" else 1)

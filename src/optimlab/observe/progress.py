@@ -31,6 +31,11 @@ def epoch_line(result: EpochResult, epochs: int) -> str:
     return f"epoch {result.epoch}/{epochs}  lr {result.lr:.4g}  {values}  {result.seconds:.1f}s  {result.images_per_s:.0f} img/s"
 
 
+def weights_words(test: dict[str, Any]) -> str:
+    """Which weights a test figure comes from, in words: ``best epoch 3 weights``."""
+    return f"{test.get('weights')} epoch {test.get('epoch')} weights"
+
+
 def run_line(summary: dict[str, Any]) -> str:
     """One line for a finished run: status, objective, test accuracy, duration, overrides."""
     objective = summary.get("objective") or {}
@@ -42,7 +47,7 @@ def run_line(summary: dict[str, Any]) -> str:
         parts.append(f"{objective.get('metric')} {value:.4f} (best, epoch {objective.get('best_epoch')})")
     test = summary.get("test")
     if test:
-        parts.append(f"test_acc {test['acc']:.4f}")
+        parts.append(f"test_acc {test['acc']:.4f}" + (f" ({weights_words(test)})" if test.get("weights") else ""))
     total = (summary.get("durations") or {}).get("total_s")
     if total is not None:
         parts.append(f"{total:.1f}s")

@@ -1,5 +1,6 @@
-"""A run folder: the ONLY module that reads or writes ``metrics.csv``, ``summary.json`` and
-``checkpoint.pt``, and the one that knows which config a run trained with.
+"""A run folder: the ONLY module that reads or writes ``metrics.csv``, ``summary.json``,
+``checkpoint.pt``, ``best.pt`` and ``eval.json``, and the one that knows which config a run
+trained with.
 
 Every file is written atomically (temp file + rename), so a run killed at any moment
 leaves either the previous version of a file or the new one, never half of one.
@@ -30,6 +31,8 @@ from optimlab.run.lock import LOCK_FILE, FolderLock  # noqa: F401 - LOCK_FILE: t
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"  # the best validation epoch's weights (and what a model needs to be used)
+EVAL_FILE = "eval.json"  # optimlab-eval's results, one entry per split, weights and overrides
 LOG_TABLE_FILE = "log.csv"  # logger=csv
 PROFILE_TRACE_FILE = "profile_trace.json"  # debug=profile: torch.profiler's Chrome trace
 HYDRA_DIR = ".hydra"
@@ -37,6 +40,8 @@ SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml", "trials.csv", "op
 # any of these makes a folder a run folder (a live one may have only its .hydra/ yet)
 MARKERS = (SUMMARY_FILE, METRICS_FILE, f"{HYDRA_DIR}/overrides.yaml")
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng", "config")
+BEST_KEYS = ("epoch", "metric", "direction", "value", "model", "inputs", "config")
+WEIGHTS = ("best", "last")  # best.pt, or the model of checkpoint.pt (the last saved epoch)
 UNREADABLE = object()  # read_summary's answer for a summary.json that is not JSON
 
 
@@ -58,6 +63,17 @@ class Checkpoint:
     @property
     def resolved_config(self) -> dict[str, Any]:
         return self.payload["config"]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best epoch so far (epoch, metric, direction, value, model: its weights, or None
+        when they are this checkpoint's own); None in a checkpoint saved before it was kept."""
+        return self.payload.get("best")
+
+    @property
+    def inputs(self) -> dict[str, Any] | None:
+        """What the model takes (channels, image_size, mean, std, classes); None when not saved."""
+        return self.payload.get("inputs")
 
     def config(self) -> DictConfig:
         """The config the checkpoint was trained with, with its interpolations when saved."""
@@ -103,7 +119,102 @@ def is_sweep_folder(path: Path) -> bool:
     return any(child.is_dir() and is_run_folder(child) for child in path.iterdir())
 
 
-class RunFolder:
+class ModelFiles:
+    """A run folder's files for using the trained model: ``best.pt`` (the best epoch's weights)
+    and ``eval.json`` (optimlab-eval's results), next to :class:`RunFolder`'s training files
+    (a part of RunFolder; its own class to keep each one short)."""
+
+    path: Path
+
+    # ------------------------------------------------------------------ best.pt, weights
+
+    @property
+    def has_best(self) -> bool:
+        return (self.path / BEST_FILE).is_file()
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST_FILE
+
+    def save_best(self, epoch: int, metric: str, direction: str, value: float, model: dict[str, Any],
+                  inputs: dict[str, Any] | None, config: DictConfig) -> Path:  # fmt: skip
+        """``best.pt`` := the weights of the best validation epoch so far, atomically: the
+        epoch, the metric and direction that chose it, its value, the model's state_dict,
+        ``inputs`` (what the model takes: channels, image_size, normalisation mean/std,
+        class names) and the resolved config (the model's class and arguments)."""
+        import torch
+
+        payload = {"epoch": epoch, "metric": metric, "direction": direction, "value": value, "model": model,
+                   "inputs": inputs, "config": OmegaConf.to_container(config, resolve=True)}  # fmt: skip
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return self._write(BEST_FILE, buf.getvalue())
+
+    def discard_best(self) -> None:
+        """Remove best.pt (a resumed run whose checkpoint does not hold its best epoch's weights)."""
+        (self.path / BEST_FILE).unlink(missing_ok=True)
+
+    def load_best(self) -> dict[str, Any]:
+        """best.pt's payload (on CPU); CheckpointError naming the file when missing or unreadable."""
+        import torch
+
+        path = self.path / BEST_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist: the run kept no best epoch's weights")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        if not isinstance(payload, dict) or any(k not in payload for k in BEST_KEYS):
+            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+            raise CheckpointError(f"{path} is not optimlab's best weights (expected keys {list(BEST_KEYS)}, found {found})")
+        return payload
+
+    def weights(self, which: str | None = None) -> dict[str, Any]:
+        """The weights to use: ``which`` = ``best`` (best.pt), ``last`` (checkpoint.pt's model)
+        or None (best.pt when there is one, else the last); a dict with ``weights``, ``epoch``,
+        ``model`` (the state_dict), ``inputs`` (None when not recorded) and ``config`` (resolved).
+        A folder with neither file is one CheckpointError line."""
+        if which not in (None, *WEIGHTS):
+            raise CheckpointError(f"weights={which!r} is not valid: must be one of {', '.join(WEIGHTS)}")
+        if not self.path.is_dir():
+            raise CheckpointError(f"run folder {self.path} does not exist")
+        if which == "best" or (which is None and self.has_best):
+            best = self.load_best()
+            return {"weights": "best", "epoch": best["epoch"], "model": best["model"], "inputs": best["inputs"],
+                    "config": best["config"]}  # fmt: skip
+        if not self.has_checkpoint:
+            raise CheckpointError(
+                f"{self.path} holds no weights (neither {BEST_FILE} nor {CHECKPOINT_FILE}): the run stopped before "
+                f"its first epoch, or it is not a run folder"
+            )
+        ckpt = self.load_checkpoint()
+        return {"weights": "last", "epoch": ckpt.epoch, "model": ckpt.payload["model"], "inputs": ckpt.inputs,
+                "config": ckpt.resolved_config}  # fmt: skip
+
+    # ------------------------------------------------------------------ eval.json
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / EVAL_FILE
+
+    def read_evals(self) -> list[dict[str, Any]]:
+        """eval.json's entries ([] when there is none or it cannot be read)."""
+        try:
+            found = json.loads((self.path / EVAL_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return found.get("evaluations", []) if isinstance(found, dict) else []
+
+    def add_eval(self, entry: dict[str, Any], same: tuple[str, ...]) -> Path:
+        """Add ``entry`` to eval.json (atomically), replacing an earlier entry that agrees on
+        the keys ``same``; training's own files are never touched."""
+        kept = [e for e in self.read_evals() if any(e.get(k) != entry.get(k) for k in same)]
+        text = json.dumps({"evaluations": [*kept, entry]}, indent=2, default=str) + "\n"
+        return self._write(EVAL_FILE, text.encode())
+
+
+class RunFolder(ModelFiles):
     """One run's output folder (Hydra's ``runtime.output_dir``)."""
 
     def __init__(self, path: str | Path, create: bool = True):
@@ -218,8 +329,11 @@ class RunFolder:
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT_FILE).is_file()
 
-    def save_checkpoint(self, state, config: DictConfig, seed: int) -> Path:
-        """The resumable state after ``state.epoch`` finished epochs (a TrainState)."""
+    def save_checkpoint(self, state, config: DictConfig, seed: int, best: dict[str, Any] | None = None,
+                        inputs: dict[str, Any] | None = None) -> Path:  # fmt: skip
+        """The resumable state after ``state.epoch`` finished epochs (a TrainState); ``best``:
+        the best epoch so far (its weights unless they are this epoch's), so a resumed run
+        continues from the recorded best; ``inputs``: what the model takes (see :meth:`save_best`)."""
         payload = {
             "epoch": state.epoch,
             "model": state.model.state_dict(),
@@ -232,6 +346,8 @@ class RunFolder:
             "data_order": {"seed": seed, "next_epoch": state.epoch},
             "config": OmegaConf.to_container(config, resolve=True),
             "config_yaml": OmegaConf.to_yaml(config),  # with interpolations, for resume
+            "best": best,
+            "inputs": inputs,
         }
         return self.write_checkpoint(payload)
 

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Keys that may differ between the saved run and the resumed one: they change how far
 # a run goes or what it prints, never the numbers of the epochs already trained.
-HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "logger", "plots", "profile", "checkpoint.every")
+HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "logger", "plots", "profile", "checkpoint.every", "test_on")
 AUTO = "auto"  # resume=auto: continue the run folder's own checkpoint of the same config, else start fresh
 
 

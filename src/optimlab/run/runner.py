@@ -27,8 +27,9 @@ from optimlab.observe.context import RunContext, TrialLink
 from optimlab.observe.loggers import Guarded
 from optimlab.observe.plots import CurvesPlotter
 from optimlab.observe.profiler import StepProfiler
-from optimlab.observe.progress import ConsoleProgress
+from optimlab.observe.progress import ConsoleProgress, weights_words
 from optimlab.run import describe, signals
+from optimlab.run.best import BestWeights
 from optimlab.run.folder import RunFolder
 from optimlab.run.provenance import command_line, device_info, environment, now_iso
 from optimlab.run.resume import Resume
@@ -64,8 +65,9 @@ def load_data(cfg: DictConfig, device: torch.device) -> datasets.DeviceData:
 
 
 class FolderWriter:
-    """Callback: metrics.csv after every epoch, a resumable checkpoint every ``every`` epochs
-    and after the last; on a stop signal, the state of the last finished epoch, untorn.
+    """Callback: best.pt when an epoch beats the best so far, metrics.csv after every epoch, a
+    resumable checkpoint every ``every`` epochs and after the last; on a stop signal, the
+    state of the last finished epoch, untorn.
 
     A checkpoint is only worth saving at an epoch boundary (resume continues from there,
     bit-exact); mid-epoch the weights have moved on, so the last saved checkpoint stays.
@@ -73,8 +75,8 @@ class FolderWriter:
     parameter and buffer: if they have not moved since, no training step ran after it.
     """
 
-    def __init__(self, folder: RunFolder, cfg: DictConfig, state: TrainState):
-        self.folder, self.cfg = folder, cfg
+    def __init__(self, folder: RunFolder, cfg: DictConfig, state: TrainState, best: BestWeights):
+        self.folder, self.cfg, self.best = folder, cfg, best
         self.mark = (state.epoch, self._versions(state))
 
     @staticmethod
@@ -83,9 +85,11 @@ class FolderWriter:
 
     def save(self, state: TrainState) -> None:
         self.folder.write_metrics(state.history)
-        self.folder.save_checkpoint(state, self.cfg, seed=self.cfg.seed)
+        self.folder.save_checkpoint(state, self.cfg, seed=self.cfg.seed, best=self.best.record(state.epoch),
+                                    inputs=self.best.inputs)  # fmt: skip
 
     def on_epoch_end(self, result: EpochResult, state: TrainState) -> None:
+        self.best.update(result, state.model)  # before the checkpoint, which records the best so far
         self.mark = (state.epoch, self._versions(state))
         every = self.cfg.checkpoint.every
         if state.epoch == self.cfg.epochs or (every > 0 and state.epoch % every == 0):
@@ -148,6 +152,21 @@ def _end_observers(watchers: list, summary: dict[str, Any]) -> None:
             watcher.on_run_end(summary)
         except Exception:  # a plot or an event file must not fail a finished run
             log.warning("%s could not finish", type(watcher).__name__, exc_info=True)
+
+
+def model_inputs(cfg: DictConfig, data: datasets.DeviceData) -> dict[str, Any]:
+    """What the trained model takes, recorded with its weights (best.pt, checkpoint.pt) so a
+    user can prepare images as training did: channels, image_size, the normalisation
+    actually applied (mean/std; the training split's statistics when the config says null)
+    and a name per label."""
+    _, channels, size, _ = data.train.x.shape
+    return {"channels": int(channels), "image_size": int(size), "num_classes": int(cfg.data.num_classes),
+            "mean": data.mean, "std": data.std, "classes": datasets.class_names(data.classes, cfg.data.num_classes),
+            "data": str(cfg.data.name)}  # fmt: skip
+
+
+# what test_on= tests: the weights, in the order summary.json reports them
+TEST_ON = {"best": ("best",), "last": ("last",), "both": ("best", "last")}
 
 
 # --------------------------------------------------------------------------- summary.json
@@ -249,6 +268,7 @@ class Prepared:
         self.folder.write_summary(self.summary)
         if self.resume is not None:
             # a new folder is resumable itself even if killed before its next checkpoint
+            self.writer.best.write()  # best.pt as the checkpoint records it
             self.writer.save(self.state)
             done = "nothing to train" if self.state.epoch >= self.cfg.epochs else "continuing"
             where = "in place" if self.resume.in_place else f"from {self.resume.source}"
@@ -288,18 +308,47 @@ class Prepared:
             log.info("saved the state after epoch %d to %s", saved, self.folder.path)
         return error
 
-    def test(self) -> tuple[float, float]:
-        """Right after training: the clock stops, the test split is evaluated (loss, accuracy)."""
+    def test(self) -> dict[str, dict[str, Any]]:
+        """Right after training: the clock stops, the test split is evaluated on the weights
+        ``test_on`` names (best: the best epoch's, the default; last; both); per weights, a
+        dict of loss, acc, weights and epoch. Best weights that are not known (no finite
+        epoch) are replaced by the last, with a warning. The model ends with the last weights."""
         self.t_trained = time.perf_counter()
-        tested = evaluate(self.state.model, self.data, "test", self.loop)
+        model, best, epoch = self.state.model, self.writer.best, self.state.epoch
+        wanted = TEST_ON[self.cfg.get("test_on") or "best"]
+        if "best" in wanted and best.model is None:
+            log.warning("test_on=%s: no best epoch's weights are known (no finite %s): testing the last epoch's",
+                        self.cfg.get("test_on"), best.metric)  # fmt: skip
+            wanted = ("last",)
+        tested: dict[str, dict[str, Any]] = {}
+        if "last" in wanted or best.epoch == epoch:
+            loss, acc = evaluate(model, self.data, "test", self.loop)
+            tested["last"] = {"loss": loss, "acc": acc, "weights": "last", "epoch": epoch}
+        if "best" in wanted:
+            if best.epoch == epoch:  # the last epoch is the best: the same weights, the same figures
+                tested["best"] = {**tested["last"], "weights": "best"}
+            else:
+                last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(best.model)
+                try:
+                    loss, acc = evaluate(model, self.data, "test", self.loop)
+                finally:
+                    model.load_state_dict(last)
+                tested["best"] = {"loss": loss, "acc": acc, "weights": "best", "epoch": best.epoch}
+            if "last" not in wanted:
+                tested.pop("last", None)
         self.t_tested = time.perf_counter()
         return tested
 
-    def completed(self, test_loss: float, test_acc: float) -> float | tuple[float, ...]:
+    def completed(self, tested: dict[str, dict[str, Any]]) -> float | tuple[float, ...]:
         """The final summary of a run that trained all its epochs; its objective."""
         with signals.deferred():  # the run is done: its last writes are not cut short
-            log.info("test_loss %.4f  test_acc %.4f", test_loss, test_acc)
-            self.summary["test"] = {"loss": test_loss, "acc": test_acc}
+            primary = tested.get("best") or tested["last"]
+            for result in (primary, *(r for r in tested.values() if r is not primary)):
+                log.info("test_loss %.4f  test_acc %.4f (%s)", result["loss"], result["acc"], weights_words(result))
+            self.summary.update(test=primary, test_weights=primary["weights"], best_weights=self.writer.best.summary())
+            if len(tested) > 1:
+                self.summary["test_last"] = tested["last"]
             final = final_summary(self.summary, self.cfg, self.state, "completed", self.durations())
             written = self.folder.end_summary(final)
             _end_observers(self.watchers, final)
@@ -321,7 +370,7 @@ class Prepared:
             if recorded is not error:
                 raise recorded from error
             raise error
-        return self.completed(*test)
+        return self.completed(test)
 
     def run(self, callbacks=()) -> float | tuple[float, ...]:
         """Train this run alone: ``begin → fit → end``; ``callbacks`` after the run's own."""
@@ -392,7 +441,8 @@ def prepare(
         summary["requeued"] = [*previous.get("requeued", []), {"epoch": resume.epoch, "at": now_iso()}]
     prepared = Prepared(cfg, folder, overrides, summary, data, state, loop, resume, t_start,
                         setup_s=time.perf_counter() - t_start, sweep=sweep, parts=parts)  # fmt: skip
-    prepared.writer = FolderWriter(folder, cfg, state)
+    best = BestWeights.of(folder, cfg, model_inputs(cfg, data), resume.checkpoint if resume else None)
+    prepared.writer = FolderWriter(folder, cfg, state, best)
     prepared.t_train = time.perf_counter()
     return prepared
 
