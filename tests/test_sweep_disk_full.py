@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, TINY, TRAIN_PY
+from conftest import ROOT, TINY, start_python, train_cli
 
 FAULTS = str(ROOT / "tests" / "faults")
 
@@ -43,15 +42,11 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def _sweep(tmp_path: Path, disk: Path, storage: Path, **env: str) -> subprocess.Popen:
-    args = [
+def _args(disk: Path, storage: Path) -> list[str]:
+    return [
         *TINY, "epochs=3", "hydra/sweeper=optimlab", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=0",
         f"hydra.sweeper.storage=sqlite:///{storage}", f"hydra.sweep.dir={disk / 'sweep'}", "lr=interval(0.01,0.1)",
     ]  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, str(TRAIN_PY), "-m", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -59,7 +54,7 @@ def test_a_full_disk_stops_the_sweep_at_once_and_the_same_command_continues_its_
     storage, flag = tmp_path / "optuna.db", tmp_path / "paused"  # the study lives on another disk
     pause = {"OPTIMLAB_PAUSE_AT": "2:1", "OPTIMLAB_PAUSE_TRIAL": "1", "OPTIMLAB_PAUSE_FILE": str(flag),
              "PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    proc = _sweep(tmp_path, disk, storage, **pause)
+    proc = start_python("-m", *_args(disk, storage), cwd=tmp_path, env=pause)  # the fault hook: a real process
     while not flag.exists():  # trial 0 done, trial 1 inside its epoch 2
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.05)
@@ -79,9 +74,8 @@ def test_a_full_disk_stops_the_sweep_at_once_and_the_same_command_continues_its_
     assert study.trials[1].user_attrs["status"] == "disk_full"
 
     filler.unlink()  # room again: the same command continues trial 1, then completes the study
-    proc = _sweep(tmp_path, disk, storage)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    again = train_cli("-m", *_args(disk, storage), cwd=tmp_path)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     study = optuna.load_study(study_name="optimlab", storage=f"sqlite:///{storage}")
     continued = [t for t in study.trials if t.user_attrs.get("resume_of") == 1]
     assert len(continued) == 1 and continued[0].state.name == "COMPLETE", [(t.number, t.state) for t in study.trials]
