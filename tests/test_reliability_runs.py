@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, finish
+from conftest import TINY, finish, run_in_process
 from conftest import start_python as start
 
 from optimlab.run.folder import RunFolder
@@ -32,8 +32,13 @@ FAULTS = str(Path(__file__).resolve().parent / "faults")
 RUN = [*TINY, "data.image_size=8", "data.channels=1", "seed=3", "optimizer=adam", "scheduler=onecycle", "lr=3e-3", "epochs=3"]
 
 
-def run(*args: str, cwd: Path, **kw) -> tuple[int, str]:
-    return finish(start(*args, cwd=cwd, **kw))
+def run(*args: str, cwd: Path, env: dict | None = None, **kw) -> tuple[int, str]:
+    """A command to its end: exit code and output. A real process where the fault hooks or
+    a umask are part of it, in this process otherwise."""
+    if kw.get("umask") is None and "PYTHONPATH" not in (env or {}):
+        done = run_in_process(args, cwd=cwd, env=env, module=kw.get("module"))
+        return done.returncode, done.stdout + done.stderr
+    return finish(start(*args, cwd=cwd, env=env, **kw))
 
 
 def paused_at(spec: str, flag: Path) -> dict[str, str]:
