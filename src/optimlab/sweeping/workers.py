@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from optimlab.config import overrides as ovr
-from optimlab.errors import SweepStopped
+from optimlab.errors import StorageUnreachable, SweepStopped
 from optimlab.run.signals import raise_for
 
 # The sweep's own lines (its workers, the ends of its trials, its summary) come from one
@@ -232,4 +232,6 @@ def _exit(index: int, code: int) -> str:
     (it printed its own error line above)."""
     if code < 0:
         return f"{index} was killed by {signal.Signals(-code).name}"
+    if code == StorageUnreachable.exit_code:
+        return f"{index} stopped: the storage was unreachable (its line is above)"
     return f"{index} exited with code {code} (its error is above)"
