@@ -8,8 +8,8 @@ one PostgreSQL storage joins the same study. ``n_trials`` counts finished (COMPL
 PRUNED) trials in the study in total, so running the command again completes the study.
 
 The parts: the settings (sweeping/settings.py), one worker's claim → run → tell loop
-(sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), the sweep
-folder's summary (sweeping/summary.py).
+(sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), storage
+outages waited out (sweeping/outage.py), the sweep folder's summary (sweeping/summary.py).
 """
 
 from __future__ import annotations
