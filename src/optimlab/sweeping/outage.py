@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
@@ -104,6 +104,13 @@ class Outage:
         self.last_error = ""
         self._lock = threading.Lock()
         self._back = threading.Event()  # set when a call goes through: the others stop waiting
+
+    def __getstate__(self) -> dict[str, Any]:  # a trial handed to another process (Lightning's ddp_spawn)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_back")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock, self._back = threading.Lock(), threading.Event()
 
     def _said(self, error: BaseException) -> str:
         text = first_line(error)
@@ -210,7 +217,7 @@ _METHODS = (
     "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
     "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
-    "record_heartbeat", "_get_stale_trial_ids",
+    "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
 )  # fmt: skip
 
 
@@ -244,10 +251,25 @@ class PatientStorage(BaseStorage, BaseHeartbeat):
     def remove_session(self) -> None:
         self.inner.remove_session()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"inner": self.inner, "outage": self.outage}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __getattr__(self, name: str) -> Any:  # anything else of the inner storage, as it is
         if name in ("inner", "outage"):
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+class PatientCachedStorage(PatientStorage, _CachedStorage):
+    """The same over Optuna's cache of an RDBStorage (``inner``), and still one to whoever asks
+    (optuna-integration's Lightning callback under DDP wants a cached RDBStorage)."""
+
+    @property
+    def _backend(self) -> Any:
+        return self.inner._backend
 
 
 def _patient(name: str):

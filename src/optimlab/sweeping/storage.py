@@ -151,7 +151,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
     With heartbeats, Optuna marks a trial FAIL when its worker stops beating; optimlab
     (not an Optuna callback) then continues it from its checkpoint (sweeping.attempts)."""
-    from optimlab.sweeping.outage import PatientStorage
+    from optimlab.sweeping.outage import PatientCachedStorage, PatientStorage
 
     outage = outage_of(url, patience)
     key = (url, heartbeat_interval, grace_period)
@@ -164,7 +164,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(path)))
+        storage = PatientStorage(JournalStorage(JournalFileBackend(str(path))), outage)
     else:
         kwargs: dict = {}
         if url.startswith(SQLITE):
@@ -176,8 +176,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # opening connects at once: a server that is not there now is one line (sweeper._open_study), not a wait
-        storage = _CachedStorage(RDBStorage(_with_driver(url), **kwargs))
-    storage = _cache[key] = PatientStorage(storage, outage)
+        storage = PatientCachedStorage(_CachedStorage(RDBStorage(_with_driver(url), **kwargs)), outage)
+    _cache[key] = storage
     return storage
 
 
