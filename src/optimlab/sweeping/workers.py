@@ -220,6 +220,11 @@ def wait(procs: list[subprocess.Popen]) -> list[int]:
 def check_exit_codes(codes: list[int]) -> None:
     """Raise SweepStopped when a worker did not exit cleanly."""
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad and all(c == StorageUnreachable.exit_code for _, c in bad):  # the same exit code as theirs
+        raise StorageUnreachable(
+            "worker(s) " + ", ".join(str(i) for i, _ in bad) + " stopped: the storage was unreachable (their lines "
+            "are above); run the same command again once it is reachable: their trials continue from their last checkpoint"
+        )
     if bad:
         raise SweepStopped(
             "worker(s) " + ", ".join(_exit(i, c) for i, c in bad) + "; the study keeps every finished trial, and a "
@@ -232,6 +237,4 @@ def _exit(index: int, code: int) -> str:
     (it printed its own error line above)."""
     if code < 0:
         return f"{index} was killed by {signal.Signals(-code).name}"
-    if code == StorageUnreachable.exit_code:
-        return f"{index} stopped: the storage was unreachable (its line is above)"
     return f"{index} exited with code {code} (its error is above)"
