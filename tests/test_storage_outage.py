@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -125,6 +126,33 @@ def test_past_the_patience_the_sweep_stops_in_one_line_and_the_same_command_cont
     assert continued[0].user_attrs["deaths"] == 0  # a stop, not a death: max_retry is not spent on it
     assert "continues trial 0 from" in out, out[-4000:]
 
+
+@pytest.mark.slow
+def test_sigterm_while_the_storage_is_away_stops_at_once_and_the_same_command_continues(tmp_path, pg_server):  # noqa: F811
+    flag = tmp_path / "paused"
+    proc = _sweep(tmp_path, pg_server.url, "hydra.sweeper.n_trials=2", pause=(0, flag))
+    _paused(proc, flag)
+    pg_server.stop()
+    flag.unlink()
+    metrics = tmp_path / "multirun" / "outage" / "trial_0000" / "metrics.csv"
+    while len(metrics.read_text().splitlines()) < 4:  # all 3 epochs trained: its last report waits for the storage
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143 and time.time() - sent < 60, out[-4000:]  # not the 300 s of patience
+    assert "Traceback" not in out and "Error:" not in out, out[-4000:]
+    assert "sweep preempted by SIGTERM" in out, out[-4000:]
+
+    pg_server.start()
+    proc = _sweep(tmp_path, pg_server.url, "hydra.sweeper.n_trials=2")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-4000:]
+    trials = _trials(pg_server.url)
+    assert [t.state.name for t in trials].count("COMPLETE") == 2, [(t.number, t.state.name) for t in trials]
+    continued = [t for t in trials if t.user_attrs.get("resume_of") == 0]
+    assert len(continued) == 1 and continued[0].state.name == "COMPLETE" and continued[0].user_attrs["deaths"] == 0
 
 def test_only_errors_of_an_unreachable_or_busy_storage_are_waited_out(tmp_path):
     import sqlalchemy

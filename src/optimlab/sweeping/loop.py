@@ -35,7 +35,7 @@ from optimlab.errors import Pruned, StorageUnreachable, SweepStopped, is_disk_fu
 from optimlab.observe.context import TrialLink
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import SAID, SIGNALS, status_of
-from optimlab.sweeping import attempts, summary, upstream
+from optimlab.sweeping import attempts, outage, summary, upstream
 from optimlab.sweeping.settings import SweepSettings
 from optimlab.sweeping.storage import is_rdb, outage_of, redact, study_lock
 from optimlab.sweeping.workers import SWEEP_LOGGER, Stop
@@ -304,6 +304,9 @@ class WorkerLoop:
                     return self.launch(batch, jobs)
             except BaseException as e:
                 stopped, host = status_of(e), socket.gethostname()
+                if stopped:  # the worker stops now: it does not wait for an unreachable storage either
+                    self.stop.signum = self.stop.signum or SIGNALS[stopped]
+                    outage.stop_waiting()
                 if is_disk_full(e):  # Hydra could not even write the jobs' folders
                     for trial in batch:
                         self.mark_disk_full(trial, e)
@@ -318,8 +321,6 @@ class WorkerLoop:
                 self.sweep.write_tables()
                 if not stopped:
                     raise
-                if self.stop.signum is None:
-                    self.stop.signum = SIGNALS[stopped]
                 return None
 
     def tell(self, trial, ret: JobReturn) -> None:

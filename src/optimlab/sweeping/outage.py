@@ -142,9 +142,9 @@ class Outage:
 
     @property
     def given_up(self) -> bool:
-        """The outage now going on has outlasted the patience: calls fail at once."""
+        """The outage now going on has outlasted the patience (or a stop signal came): calls fail at once."""
         since = self.since
-        return since is not None and time.monotonic() - since >= self.patience
+        return since is not None and (time.monotonic() - since >= self.patience or _stopping.is_set())
 
     def quiet_since(self, seconds: float) -> bool:
         """No outage now, and none ended in the last ``seconds`` (other workers' heartbeats had
@@ -168,7 +168,7 @@ class Outage:
                 if not is_transient(e):
                     raise
                 lasted = self.failed(e)
-                if lasted >= self.patience:
+                if lasted >= self.patience or _stopping.is_set():
                     raise self.unreachable(lasted) from None
                 if getattr(_local, "no_wait", False):
                     raise
@@ -180,6 +180,16 @@ class Outage:
 
 
 _local = threading.local()
+_stopping = threading.Event()  # a stop signal came: no call waits any more
+
+
+def stop_waiting() -> None:
+    """A stop signal came (SIGTERM, Ctrl-C): every call waiting for a storage gives up now,
+    and later ones do not wait (the worker stops; its trials continue next time)."""
+    _stopping.set()
+    with _outages_lock:
+        for found in _outages.values():
+            found._back.set()
 
 
 @contextlib.contextmanager

@@ -89,9 +89,11 @@ class OptimlabSweeperImpl(Sweeper):
             except KeyboardInterrupt:
                 self.stop.signum = signal.SIGINT
             except OptimlabError as e:  # one line, as the checks before the sweep print theirs
-                sys.stderr.write(f"Error: {e}\n")
-                sys.stderr.flush()
-                raise SystemExit(e.exit_code) from None
+                # a stop signal during a storage outage: the worker stopped waiting for it; it says the signal's line
+                if not (isinstance(e, StorageUnreachable) and self.stop.signum is not None):
+                    sys.stderr.write(f"Error: {e}\n")
+                    sys.stderr.flush()
+                    raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",

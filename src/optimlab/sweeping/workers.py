@@ -26,6 +26,7 @@ from pathlib import Path
 from optimlab.config import overrides as ovr
 from optimlab.errors import StorageUnreachable, SweepStopped
 from optimlab.run.signals import raise_for
+from optimlab.sweeping import outage
 
 # The sweep's own lines (its workers, the ends of its trials, its summary) come from one
 # logger, whichever module of the sweeper writes them.
@@ -70,6 +71,7 @@ class Stop:
         first = self.signum is None
         self.signum = signum
         if first:  # a second signal (Ctrl-C reaches a worker from its terminal and its parent) only waits
+            outage.stop_waiting()  # a worker waiting out a storage outage stops waiting
             self.forward()
             if self._in_job:
                 raise_for(signum)
