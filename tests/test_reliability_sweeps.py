@@ -311,6 +311,8 @@ BAD = {
     "n_trials_0": (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be an integer >= 1"),
     "n_trials_negative": (["hydra.sweeper.n_trials=-3"], "hydra.sweeper.n_trials=-3: must be an integer >= 1"),
     "max_failures_negative": (["hydra.sweeper.max_failures=-1"], "hydra.sweeper.max_failures=-1: must be"),
+    "storage_patience_negative": (["hydra.sweeper.storage_patience=-1"],
+                                  "hydra.sweeper.storage_patience=-1.0: must be a number of seconds >= 0"),
     "momentum_with_sgd": (["optimizer=sgd", "momentum=interval(0.5,0.9)"], "never reads momentum"),
 }  # fmt: skip
 

@@ -125,3 +125,11 @@ class StudyStorageError(ConfigError, CompactHydraException):
 
 class SweepStopped(OptimlabError, CompactHydraException):
     """A sweep that cannot go on: too many failed trials, or a worker process that died."""
+
+
+class StorageUnreachable(SweepStopped):
+    """The study's storage stayed unreachable longer than ``hydra.sweeper.storage_patience``:
+    the sweep stops, its running trials are marked to continue when the same command runs again."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure, run the same command again
+    status = "storage_unreachable"

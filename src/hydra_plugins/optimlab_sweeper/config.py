@@ -112,6 +112,11 @@ class OptimlabSweeperConf:
     heartbeat_interval: Optional[int] = 10
     grace_period: Optional[int] = 30
     max_retry: int = 1
+    # seconds a worker waits out an unreachable storage (a database server down or restarting,
+    # a locked SQLite file, a journal's I/O error), trying again 0.5 s, 1 s, 2 s … (at most
+    # 10 s) apart, its running trials training on; past it the sweep stops with one line and
+    # the same command continues it
+    storage_patience: float = 300.0
     # give each worker its own GPU (CUDA_VISIBLE_DEVICES by worker index) when several exist
     assign_gpus: bool = True
     # summary: plots every plot_every finished trials (0: at the end only); top_k rows logged

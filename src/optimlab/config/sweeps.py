@@ -12,6 +12,7 @@ launches anything, whichever sweeper is in use.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -304,6 +305,12 @@ def check_sweeper(sweeper: DictConfig) -> None:
     rate = sweeper.get("max_failure_rate")
     if rate is not None and not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
         raise SweepConfigError(f"hydra.sweeper.max_failure_rate={rate}: must be a number in [0, 1]")
+    patience = sweeper.get("storage_patience", 0)
+    if isinstance(patience, bool) or not isinstance(patience, (int, float)) or not 0 <= patience < math.inf:
+        raise SweepConfigError(
+            f"hydra.sweeper.storage_patience={patience}: must be a number of seconds >= 0 (how long a storage "
+            f"outage is waited out; 0: stop at the first failed call)"
+        )
     direction = sweeper.get("direction")
     if direction is not None:
         items = list(direction) if isinstance(direction, ListConfig) else [direction]

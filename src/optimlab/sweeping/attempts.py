@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
+from optimlab.errors import StorageUnreachable
 from optimlab.run.folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ RESUME_OF = "resume_of"  # on a continuation: the number of the attempt it conti
 RESUME_REASON = "resume_reason"  # on a continuation: why the attempt it continues was failed
 DEATHS = "deaths"  # on a continuation: how many attempts of this trial died (not signals)
 DIED = "died"  # the status of an attempt whose process vanished (summary.json and trials.csv)
+STORAGE_LOST = StorageUnreachable.status  # its worker stopped: the storage was unreachable past the patience
 
 
 def me() -> dict[str, Any]:
@@ -67,22 +69,42 @@ def dead_on_this_host(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def mark_dead(study, storage, trial: FrozenTrial, reason: str, status: str) -> bool:
-    """Record why ``trial`` (owned by a process that is gone) ended, and tell it FAIL."""
+    """Record why ``trial`` (owned by a process that is gone) ended, and tell it FAIL.
+
+    A worker that stopped because the storage was unreachable (it could not say so in the
+    study) says it in the trial's run folder: such an attempt is not a death."""
+    run_dir = trial.user_attrs.get("run_dir")
+    folder = RunFolder(run_dir, create=False) if run_dir else None
+    run = folder.summary() if folder is not None else {}
+    if STORAGE_LOST in (run.get("status"), run.get("stopped_by")):
+        owner = trial.user_attrs.get(OWNER) or {}
+        reason = f"worker pid {owner.get('pid')} on host {owner.get('host')} stopped: the storage was unreachable"
+        status = STORAGE_LOST
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)
     try:
         for key, value in {"fail_reason": reason, "status": status, RESUMABLE: True}.items():
             storage.set_trial_user_attr(trial_id, key, value)
         study.tell(trial.number, state=TrialState.FAIL)
+    except StorageUnreachable:
+        raise
     except Exception as e:  # noqa: BLE001 - another worker finished it first
         log.debug("trial %d was ended elsewhere: %s", trial.number, e)
         return False
-    run_dir = trial.user_attrs.get("run_dir")
-    if run_dir:
-        folder = RunFolder(run_dir, create=False)
-        if folder.summary().get("status") == "running":  # the process never got to write its end
-            folder.update_summary(status=status, error=reason)
+    if folder is not None and run.get("status") == "running":  # the process never got to write its end
+        folder.update_summary(status=status, error=reason)
     log.warning("trial %d FAIL: %s; it will resume from its last checkpoint", trial.number, reason)
     return True
+
+
+def mark_storage_lost(run_dir: Path) -> None:
+    """Say in a trial's run folder that its worker stopped because the storage stayed
+    unreachable (the study cannot be told): :func:`mark_dead` reads it."""
+    folder = RunFolder(run_dir, create=False)
+    try:
+        if folder.summary():
+            folder.update_summary(stopped_by=STORAGE_LOST)
+    except OSError:
+        pass  # the run's own summary may say it already (status storage_unreachable)
 
 
 def deaths(trial: FrozenTrial) -> int:

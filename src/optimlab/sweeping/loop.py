@@ -31,17 +31,18 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from optimlab.config.overrides import quote
-from optimlab.errors import Pruned, SweepStopped, is_disk_full
+from optimlab.errors import Pruned, StorageUnreachable, SweepStopped, is_disk_full
 from optimlab.observe.context import TrialLink
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import SAID, SIGNALS, status_of
-from optimlab.sweeping import attempts, summary, upstream
+from optimlab.sweeping import attempts, outage, summary, upstream
 from optimlab.sweeping.settings import SweepSettings
-from optimlab.sweeping.storage import is_rdb, redact, study_lock
+from optimlab.sweeping.storage import is_rdb, outage_of, redact, study_lock
 from optimlab.sweeping.workers import SWEEP_LOGGER, Stop
 
 log = logging.getLogger(SWEEP_LOGGER)
 DISK_FULL = object()  # tell()'s word for a trial stopped by a full disk
+UNTOLD = object()  # a trial whose end could not be told: the storage stayed unreachable past the patience
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -71,6 +72,16 @@ class OpenSweep:
         interval = self.settings.heartbeat_interval
         return interval if interval and is_rdb(self.storage_url) else None
 
+    @property
+    def outage(self):
+        """This process's record of the storage's outages (sweeping/outage.py)."""
+        return outage_of(self.storage_url)
+
+    @property
+    def beats_again(self) -> float:
+        """Seconds after a storage outage within which every live worker has beaten again."""
+        return (self.settings.grace_period or 0) + 2 * (self.settings.heartbeat_interval or 0)
+
     def trial_dir(self, number: int) -> Path:
         return self.sweep_dir / trial_dir_name(number)
 
@@ -82,13 +93,22 @@ class OpenSweep:
         summary.write_tables(self.study, self.sweep_dir, self.base_overrides, redact(self.storage_url))
 
     def write_summary(self) -> None:
-        """The sweep's end: tables, plots and its closing log lines (sweeping/summary.py)."""
+        """The sweep's end: tables, plots and its closing log lines (sweeping/summary.py); none
+        while the storage is unreachable past the patience (the study keeps it all)."""
+        if self.outage.given_up:
+            return
         summary.finalize(self.study, self.sweep_dir, self.base_overrides, redact(self.storage_url),
                          plots=self.settings.plots, top_k=self.settings.top_k)  # fmt: skip
 
 
 class Heartbeat:
-    """Records a heartbeat for running trials every ``interval`` s (RDB storages)."""
+    """Records a heartbeat for running trials every ``interval`` s (RDB storages).
+
+    A beat is tried once, never waited for: while the storage is unreachable the thread
+    notes the outage (its start and end lines) and tries again each second, so the trials
+    beat again as soon as the storage is back, before other workers look for stale trials."""
+
+    RETRY = 1.0  # seconds between beats while they fail
 
     def __init__(self, storage, trial_ids: list[int], interval: int | None):
         self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
@@ -96,13 +116,22 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
+        from optimlab.sweeping.outage import is_transient
+
+        raw, outage = getattr(self.storage, "inner", self.storage), getattr(self.storage, "outage", None)
         while True:
+            missed = False
             for trial_id in self.trial_ids:
                 try:
-                    self.storage.record_heartbeat(trial_id)
+                    raw.record_heartbeat(trial_id)
                 except Exception as e:  # noqa: BLE001 - a missed beat must not kill the worker
+                    missed = True
+                    if outage is not None and is_transient(e):
+                        outage.failed(e)
                     log.debug("heartbeat of trial %d failed: %s", trial_id, e)
-            if self.stop.wait(self.interval):
+            if outage is not None and not missed:
+                outage.succeeded()
+            if self.stop.wait(min(self.RETRY, self.interval) if missed else self.interval):
                 return
 
     def __enter__(self):
@@ -140,9 +169,12 @@ class WorkerLoop:
         poll = max(0.5, min(2.0, (self.settings.heartbeat_interval or 2) / 2))
         while self.stop.signum is None:
             self.reap()  # first: a dead owner on this host gives the precise reason
-            if self.sweep.heartbeat:
+            # not right after a storage outage: the trials of live workers missed beats then
+            if self.sweep.heartbeat and self.sweep.outage.quiet_since(self.sweep.beats_again):
                 try:
                     optuna.storages.fail_stale_trials(study)
+                except StorageUnreachable:
+                    raise
                 except Exception as e:  # noqa: BLE001 - the stale trial is FAIL already; go on
                     log.warning("could not check for dead workers' trials: %s", e)
             trials = study.get_trials(deepcopy=False)
@@ -208,11 +240,24 @@ class WorkerLoop:
 
     def run_batch(self, batch: list) -> None:
         """Run the claimed trials and tell the study how each ended; then refresh the summary."""
-        returns = self._launch(batch, self._jobs(batch))
+        try:
+            returns = self._launch(batch, self._jobs(batch))
+        except StorageUnreachable as e:  # before the jobs started
+            raise self.storage_stop(batch, e) from None
         if returns is None:
             return  # a stop signal ended them: they resume
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
-        full = [trial for trial, ret in zip(batch, returns) if self.tell(trial, ret) is DISK_FULL]
+        ends, error = [], None
+        for trial, ret in zip(batch, returns):
+            try:
+                ends.append(self.tell(trial, ret))
+            except StorageUnreachable as e:  # its job gave up on the storage, or telling it did
+                ends.append(UNTOLD)
+                error = e
+        lost = [trial for trial, end in zip(batch, ends) if end is UNTOLD]
+        if lost:
+            raise self.storage_stop(lost, error)
+        full = [trial for trial, end in zip(batch, ends) if end is DISK_FULL]
         if full:
             raise self.disk_full_stop(full)
         self.sweep.write_tables()
@@ -259,6 +304,9 @@ class WorkerLoop:
                     return self.launch(batch, jobs)
             except BaseException as e:
                 stopped, host = status_of(e), socket.gethostname()
+                if stopped:  # the worker stops now: it does not wait for an unreachable storage either
+                    self.stop.signum = self.stop.signum or SIGNALS[stopped]
+                    outage.stop_waiting()
                 if is_disk_full(e):  # Hydra could not even write the jobs' folders
                     for trial in batch:
                         self.mark_disk_full(trial, e)
@@ -273,8 +321,6 @@ class WorkerLoop:
                 self.sweep.write_tables()
                 if not stopped:
                     raise
-                if self.stop.signum is None:
-                    self.stop.signum = SIGNALS[stopped]
                 return None
 
     def tell(self, trial, ret: JobReturn) -> None:
@@ -294,6 +340,8 @@ class WorkerLoop:
                 tell_safely(self.study, trial, TrialState.PRUNED, None)
                 log.info("trial %d PRUNED: %s", trial.number, e)
                 return
+            except StorageUnreachable:
+                raise  # the job gave up on the storage: so does the worker (run_batch)
             except Exception as e:  # noqa: BLE001 - the trial failed; the sweep goes on
                 if is_disk_full(e):
                     return self.mark_disk_full(trial, e)
@@ -329,6 +377,22 @@ class WorkerLoop:
             f"stopping the sweep: the disk of {folder} is full ({free}); free some space there and run the same "
             f"command again: trial(s) {numbers} continue from their last checkpoint"
         )
+
+    def storage_stop(self, trials: list, error: StorageUnreachable) -> StorageUnreachable:
+        """The one line that ends a sweep whose storage stayed unreachable past the patience.
+        Each of ``trials`` (stopped, or not told) is marked to continue: in the study if it is
+        back by now, else in its run folder, where the next worker's check for dead workers
+        reads it (sweeping.attempts.mark_dead)."""
+        for trial in trials:
+            attempts.mark_storage_lost(self.sweep.trial_dir(trial.number))
+            try:
+                trial.set_user_attr(attempts.RESUMABLE, True)
+                trial.set_user_attr("status", attempts.STORAGE_LOST)
+                self.fail(trial, "its worker stopped: the storage was unreachable")
+            except StorageUnreachable:
+                pass  # still away: the run folder says it
+        numbers = ", ".join(str(t.number) for t in trials)
+        return StorageUnreachable(f"{error}: trial(s) {numbers} continue from their last checkpoint")
 
     def fail(self, trial, reason: str) -> None:
         trial.set_user_attr("fail_reason", reason[:1000])

@@ -14,7 +14,7 @@ import logging
 import math
 from typing import Any
 
-from optimlab.errors import Pruned
+from optimlab.errors import Pruned, StorageUnreachable
 from optimlab.observe.context import TRIAL_ENV, TrialLink  # noqa: F401  (TRIAL_ENV: re-exported)
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,15 @@ class PruningCallback:
     """``on_epoch_end``: trial.report(metric, epoch); raise :class:`Pruned` when told to.
 
     Reporting is a service to the study, never a reason for the trial to fail: if the
-    storage refuses a report, the trial logs it once and trains on unpruned."""
+    storage refuses a report, the trial logs it once and trains on unpruned. While the
+    storage is unreachable (sweeping/outage.py) the trial trains on: its epochs' values are
+    reported, and the pruner asked, once it is back; the last epoch's report waits for it
+    (the trial ends with it). Past the sweep's patience the trial stops (its last epoch is
+    saved) and so does the sweep: the same command continues it."""
 
     def __init__(self, trial, metric: str, *, last_epoch: int):
         self.trial, self.metric, self.broken, self.last_epoch = trial, metric, False, last_epoch
+        self.pending: dict[int, float] = {}  # epoch -> value not yet reported (the storage was away)
 
     @classmethod
     def for_run(cls, trial, cfg) -> PruningCallback:
@@ -43,15 +48,26 @@ class PruningCallback:
         return cls(trial, cfg.objective.metric, last_epoch=cfg.epochs)
 
     def on_epoch_end(self, result, state) -> None:
+        from optimlab.sweeping.outage import is_transient, without_waiting
+
         value = getattr(result, self.metric)
         if self.broken or not math.isfinite(value):
             return  # the loop reports divergence itself
+        self.pending[result.epoch] = value
+        last = result.epoch == self.last_epoch
         try:
-            self.trial.report(value, result.epoch)
-            # after the last epoch stopping saves nothing: the trial completes with its value
-            # (successive halving's rung at epoch 9 of 9 would otherwise discard a finished trial)
-            prune = result.epoch != self.last_epoch and self.trial.should_prune()
+            with without_waiting(not last):
+                for epoch in sorted(self.pending):
+                    self.trial.report(self.pending[epoch], epoch)
+                    del self.pending[epoch]
+                # after the last epoch stopping saves nothing: the trial completes with its value
+                # (successive halving's rung at epoch 9 of 9 would otherwise discard a finished trial)
+                prune = not last and self.trial.should_prune()
+        except StorageUnreachable:
+            raise
         except Exception as e:  # noqa: BLE001
+            if is_transient(e):
+                return  # the storage is away: train on, report when it is back
             self.broken = True
             log.warning("trial %d: cannot report epoch %d to the study (%s: %s); it runs on without pruning",
                         self.trial.number, result.epoch, type(e).__name__, e)  # fmt: skip
@@ -88,13 +104,16 @@ def _load(link: TrialLink):
     from optimlab.sweeping.storage import open_storage
 
     try:
-        storage = open_storage(link.storage)
-        pruner = HydraConfig.get().sweeper.get("pruner") if HydraConfig.initialized() else None
+        sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else {}
+        storage = open_storage(link.storage, patience=sweeper.get("storage_patience"))
+        pruner = sweeper.get("pruner")
         study = optuna.load_study(
             study_name=link.study, storage=storage, pruner=make_pruner(pruner), sampler=optuna.samplers.RandomSampler(),
         )  # fmt: skip
         study_id = storage.get_study_id_from_name(link.study)
         return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link.number))
+    except StorageUnreachable:
+        raise
     except Exception as e:  # noqa: BLE001 - the sweeper records the trial's result whatever happens here
         log.warning("trial %d: no per-epoch reports to the study (%s: %s)", link.number, type(e).__name__, e)
         return None

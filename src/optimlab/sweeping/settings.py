@@ -39,6 +39,7 @@ class SweepSettings:
     heartbeat_interval: int | None
     grace_period: int | None
     max_retry: int
+    storage_patience: float
     assign_gpus: bool
     plots: bool
     plot_every: int

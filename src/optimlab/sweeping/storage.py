@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import zlib
@@ -20,6 +21,7 @@ from optimlab.errors import StudyStorageError
 JOURNAL = "journal://"
 SQLITE = "sqlite:///"
 
+log = logging.getLogger(__name__)
 _cache: dict = {}
 NAME_MAX = 255  # bytes per file or folder name on Linux, macOS and Windows file systems
 EXAMPLES = "sqlite:///path/optuna.db, journal:///path/optuna.journal or postgresql://user@host/db"
@@ -134,22 +136,35 @@ def is_rdb(url: str) -> bool:
     return not url.startswith(JOURNAL)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna storage for ``url`` (cached per process).
+def outage_of(url: str, patience: float | None = None):
+    """This process's record of the outages of ``url``'s storage (sweeping/outage.py)."""
+    from optimlab.sweeping import outage
+
+    return outage.of(url, redact(url), patience, _password(url) if is_rdb(url) else None)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 patience: float | None = None):  # fmt: skip
+    """An Optuna storage for ``url`` (cached per process) whose calls wait out outages of the
+    storage for ``patience`` seconds (sweeping/outage.py; None: the process's patience for
+    ``url``, else the default).
 
     With heartbeats, Optuna marks a trial FAIL when its worker stops beating; optimlab
     (not an Optuna callback) then continues it from its checkpoint (sweeping.attempts)."""
+    from optimlab.sweeping.outage import PatientCachedStorage, PatientStorage
+
+    outage = outage_of(url, patience)
     key = (url, heartbeat_interval, grace_period)
     if key in _cache:
         return _cache[key]
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages import JournalStorage, RDBStorage, _CachedStorage
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(path)))
+        storage = PatientStorage(JournalStorage(JournalFileBackend(str(path))), outage)
     else:
         kwargs: dict = {}
         if url.startswith(SQLITE):
@@ -160,7 +175,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         if heartbeat_interval:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = RDBStorage(_with_driver(url), **kwargs)
+        # opening connects at once: a server that is not there now is one line (sweeper._open_study), not a wait
+        storage = PatientCachedStorage(_CachedStorage(RDBStorage(_with_driver(url), **kwargs)), outage)
     _cache[key] = storage
     return storage
 
@@ -190,20 +206,32 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
 
     key = zlib.crc32(f"optimlab:{study_name}".encode())  # advisory locks are keyed by integers
     engine = _lock_engine(url)
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            release = ("SELECT pg_advisory_unlock(:k)", {"k": key})
-        else:  # a database without advisory locks: serialise the workers of this host only
-            conn.close()
-            with study_lock(f"{JOURNAL}/tmp/optimlab-{key}", study_name):
-                yield
-            return
-        try:
+    if engine.dialect.name != "postgresql":  # a database without advisory locks: serialise the workers of this host only
+        with study_lock(f"{JOURNAL}/tmp/optimlab-{key}", study_name):
             yield
-        finally:
-            conn.execute(sqlalchemy.text(release[0]), release[1])
+        return
+    outage = outage_of(url)
+
+    def locked():
+        conn = engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    conn = outage.call(locked)  # a server that is down is waited for, as every storage call
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
+        except sqlalchemy.exc.SQLAlchemyError as e:  # the server dropped the lock with the connection
+            log.debug("the study lock went with its connection: %s", e)
+        finally:
+            conn.close()
 
 
 def _lock_engine(url: str):

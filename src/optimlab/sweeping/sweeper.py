@@ -8,8 +8,8 @@ one PostgreSQL storage joins the same study. ``n_trials`` counts finished (COMPL
 PRUNED) trials in the study in total, so running the command again completes the study.
 
 The parts: the settings (sweeping/settings.py), one worker's claim → run → tell loop
-(sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), the sweep
-folder's summary (sweeping/summary.py).
+(sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), storage
+outages waited out (sweeping/outage.py), the sweep folder's summary (sweeping/summary.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective as objectives
 from optimlab.config.sweeps import check_objectives, check_settings, refuse
-from optimlab.errors import ConfigError, OptimlabError, SweepConfigError
+from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
 from optimlab.sweeping import loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
@@ -93,9 +93,11 @@ class OptimlabSweeperImpl(Sweeper):
             except KeyboardInterrupt:
                 self.stop.signum = signal.SIGINT
             except OptimlabError as e:  # one line, as the checks before the sweep print theirs
-                sys.stderr.write(f"Error: {e}\n")
-                sys.stderr.flush()
-                raise SystemExit(e.exit_code) from None
+                # a stop signal during a storage outage: the worker stopped waiting for it; it says the signal's line
+                if not (isinstance(e, StorageUnreachable) and self.stop.signum is not None):
+                    sys.stderr.write(f"Error: {e}\n")
+                    sys.stderr.flush()
+                    raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
@@ -161,9 +163,11 @@ class OptimlabSweeperImpl(Sweeper):
     def _open_study(self, url: str):
         """(study, its storage object), created or loaded; retried, as workers may create it at once."""
         heartbeat = self.settings.heartbeat_interval if is_rdb(url) else None
+        if self.settings.session is not None:  # one of several workers: its lines say which
+            storages.outage_of(url).who = f"worker {self.settings.worker_index}: "
         for attempt in range(5):  # several workers may create the tables and the study at once
             try:
-                storage = open_storage(url, heartbeat, self.settings.grace_period)
+                storage = open_storage(url, heartbeat, self.settings.grace_period, self.settings.storage_patience)
                 return optuna.create_study(
                     study_name=self.settings.study_name, storage=storage, directions=self.settings.directions,
                     sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.settings.pruner),
@@ -236,10 +240,14 @@ class OptimlabSweeperImpl(Sweeper):
         try:
             codes = workers.wait(procs)
         finally:
-            sweep.write_summary()
+            # a worker that gave up on the storage said so; the summary is the next command's
+            gave_up = any(p.returncode == StorageUnreachable.exit_code for p in procs)
+            if not gave_up:
+                sweep.write_summary()
         if self.stop.signum is not None:
             return  # the workers stopped as asked; sweep() says so
-        loop.check_failures(sweep, sweep.study.get_trials(deepcopy=False), session)
+        if not gave_up:
+            loop.check_failures(sweep, sweep.study.get_trials(deepcopy=False), session)
         workers.check_exit_codes(codes)
 
     def _launch(self, sweep: loop.OpenSweep, trials: list, jobs: list[list[str]]):

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from optimlab.config import overrides as ovr
-from optimlab.errors import SweepStopped
+from optimlab.errors import StorageUnreachable, SweepStopped
 from optimlab.run.signals import raise_for
+from optimlab.sweeping import outage
 
 # The sweep's own lines (its workers, the ends of its trials, its summary) come from one
 # logger, whichever module of the sweeper writes them.
@@ -70,6 +71,7 @@ class Stop:
         first = self.signum is None
         self.signum = signum
         if first:  # a second signal (Ctrl-C reaches a worker from its terminal and its parent) only waits
+            outage.stop_waiting()  # a worker waiting out a storage outage stops waiting
             self.forward()
             if self._in_job:
                 raise_for(signum)
@@ -220,6 +222,11 @@ def wait(procs: list[subprocess.Popen]) -> list[int]:
 def check_exit_codes(codes: list[int]) -> None:
     """Raise SweepStopped when a worker did not exit cleanly."""
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad and all(c == StorageUnreachable.exit_code for _, c in bad):  # the same exit code as theirs
+        raise StorageUnreachable(
+            "worker(s) " + ", ".join(str(i) for i, _ in bad) + " stopped: the storage was unreachable (their lines "
+            "are above); run the same command again once it is reachable: their trials continue from their last checkpoint"
+        )
     if bad:
         raise SweepStopped(
             "worker(s) " + ", ".join(_exit(i, c) for i, c in bad) + "; the study keeps every finished trial, and a "
