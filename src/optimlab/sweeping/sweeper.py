@@ -37,7 +37,7 @@ from optimlab import objective as objectives
 from optimlab.config.sweeps import check_objectives, check_settings, refuse
 from optimlab.errors import ConfigError, OptimlabError, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
-from optimlab.sweeping import loop, packing, summary, upstream, workers
+from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
@@ -137,6 +137,12 @@ class OptimlabSweeperImpl(Sweeper):
 
         study, storage = self._open_study(url)
         self._check_study(study, url)
+        if self.settings.session is None:  # a parent's workers: their parent checked (and recorded) it
+            try:
+                definition.check(study, self._definition(space), allow_changes=self.settings.allow_changes,
+                                 where=f"study {self.settings.study_name!r} in {redact(url)}")  # fmt: skip
+            except SweepConfigError as e:
+                refuse(e)  # before the first trial
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sampler = self._make_sampler(study)
         if getattr(sampler, "func", None) is optuna.samplers.GridSampler:  # the grid comes from the search space
@@ -171,6 +177,17 @@ class OptimlabSweeperImpl(Sweeper):
                     raise storages.open_error(url, e) from None
                 time.sleep(0.2 + random.random())
         raise AssertionError("unreachable")
+
+    def _definition(self, space: upstream.SearchSpace) -> dict:
+        """What defines this sweep's study (sweeping/definition.py): a job composed as its
+        trials' are, without their params, and the search space."""
+        fixed = [f"{k}={v}" for k, v in space.fixed.items()]
+        try:
+            job = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+        except Exception:  # noqa: BLE001 - the trials will say what is wrong; the sweep's own config defines it
+            job = self.config
+        own = packing.is_optimlab_task(self.task_function)
+        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own)
 
     def _check_study(self, study, url: str) -> None:
         """A resumed study has this sweep's directions (Optuna would load it silently)."""
