@@ -1,18 +1,20 @@
 """A study records what defines it (the trials' config without their params, and the search
 space): resuming it with another is refused in one line before any trial, unless
 ``hydra.sweeper.allow_changes=true`` records the change; changes that never decide a
-result go on. Real multiruns of train.py on
+result go on; the best command is the best trial's own. Real multiruns of train.py on
 SQLite studies (and one of a plain app)."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import train_cli
+import yaml
+from conftest import TRAIN_PY, train_cli
 from test_foreign_apps import run
 from test_sweep import SWEEP_TINY
 
@@ -108,6 +110,26 @@ def test_allow_changes_records_the_change_and_goes_on(resumed):
     line = error_line(train_cli(*args("hydra.sweeper.n_trials=5"), cwd=resumed))
     assert "epochs: 1 → 2" in line, line
     assert len(load(resumed).trials) == 4
+
+
+@pytest.mark.slow
+def test_the_best_command_is_the_best_trials_own_after_a_resume_with_another_config(resumed):
+    # a resume that adds trials with 1 epoch and a hopeless lr: the best trial stays one of the first sweep's
+    proc = train_cli(*args("hydra.sweeper.n_trials=3", "hydra.sweeper.allow_changes=true", epochs=1,
+                           lr="interval(1e-7,2e-7)"), cwd=resumed)  # fmt: skip
+    ok(proc)
+    study = load(resumed)
+    results = yaml.safe_load((resumed / "multirun" / "s" / "optimization_results.yaml").read_text())
+    best = study.best_trial
+    assert best.number in (0, 1) and results["best_trial"] == best.number
+    command = shlex.split(results["best_command"])
+    assert command[:2] == ["python", str(TRAIN_PY)]
+    own = yaml.safe_load((Path(best.user_attrs["run_dir"]) / ".hydra" / "overrides.yaml").read_text())
+    assert parsed(command[2:]) == parsed(own)  # the trial's own overrides, not today's
+    assert "epochs=2" in command and "epochs=1" not in command
+    for t in study.trials:  # every trial recorded what it ran
+        own = yaml.safe_load((Path(t.user_attrs["run_dir"]) / ".hydra" / "overrides.yaml").read_text())
+        assert parsed(t.user_attrs["trial_overrides"]) == parsed(own)
 
 
 @pytest.mark.slow

@@ -131,7 +131,8 @@ class OptimlabSweeperImpl(Sweeper):
         given = self.settings.storage
         url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
-        base_overrides = summary.base_overrides(self.config, self.hydra_context.config_loader, space.fixed)
+        single_run = summary.single_run(self.config, self.hydra_context.config_loader)
+        base_overrides = summary.base_overrides(self.config, space.fixed) + single_run
         if self.settings.pack != 1:
             self.pack_size = packing.pack_size(self.settings.pack, self._device_type(), self.task_function)
 
@@ -158,7 +159,7 @@ class OptimlabSweeperImpl(Sweeper):
             type(study.sampler).__name__, type(study.pruner).__name__, ", ".join(s.directions),
             f"{s.n_workers} workers" if s.n_workers > 1 else f"worker {s.worker_index}",
         )  # fmt: skip
-        return loop.OpenSweep(s, study, storage, url, sweep_dir, base_overrides)
+        return loop.OpenSweep(s, study, storage, url, sweep_dir, base_overrides, single_run)
 
     def _open_study(self, url: str):
         """(study, its storage object), created or loaded; retried, as workers may create it at once."""
