@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from optimlab.engine.lazy import Lazy
 from optimlab.errors import DataError
+
+# imported on first use: the config checks read a loader's facts from this module without torch
+torch = Lazy("torch")
+F = Lazy("torch.nn.functional")
 
 log = logging.getLogger(__name__)
 
