@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective as objectives
-from optimlab.config.sweeps import check_objectives, check_settings, refuse
+from optimlab.config.sweeps import SweepChecks, check_objectives, check_settings, models_deferred, refuse
 from optimlab.errors import ConfigError, OptimlabError, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
 from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
@@ -131,6 +131,11 @@ class OptimlabSweeperImpl(Sweeper):
         given = self.settings.storage
         url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
+        if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
+            try:
+                SweepChecks().check_models(self.config)
+            except ConfigError as e:
+                refuse(e)
         single_run = summary.single_run(self.config, self.hydra_context.config_loader)
         base_overrides = summary.base_overrides(self.config, space.fixed) + single_run
         if self.settings.pack != 1:
