@@ -7,7 +7,8 @@ processes (the same command with a worker index); the same command on several ho
 one PostgreSQL storage joins the same study. ``n_trials`` counts finished (COMPLETE or
 PRUNED) trials in the study in total, so running the command again completes the study.
 
-The parts: the settings (sweeping/settings.py), one worker's claim → run → tell loop
+The parts: the settings (sweeping/settings.py), what defines a study and may not change
+when it resumes (sweeping/definition.py), one worker's claim → run → tell loop
 (sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), the sweep
 folder's summary (sweeping/summary.py).
 """
