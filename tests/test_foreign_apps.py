@@ -151,7 +151,8 @@ def test_plain_app_with_two_async_workers(tmp_path):
     assert all(t.intermediate_values for t in finished)  # both workers' jobs reached their trials
 
 
-# a plain app whose trial waits (until killed) once it is running, for the signal tests
+# a plain app whose trial waits (until killed) once it is running, for the signal tests; the
+# switch is outside its config, so the command that continues the trial is the same command
 WAITING_APP = """
 import os, time
 import hydra
@@ -159,7 +160,7 @@ from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(version_base="1.3", config_path=".", config_name="config")
 def main(cfg) -> float:
-    if cfg.wait:
+    if os.environ.get("APP_WAIT"):
         open(os.path.join(HydraConfig.get().runtime.output_dir, "started"), "w").close()
         time.sleep(600)
     return (cfg.x - 2) ** 2
@@ -171,7 +172,7 @@ if __name__ == "__main__":
 
 def start_and_stop(app: Path, sig: int, *args: str) -> int:
     """Start a sweep, send ``sig`` once its first trial runs, and return its exit code."""
-    proc = subprocess.Popen([sys.executable, "app.py", "-m", *args, "wait=true"], cwd=app,
+    proc = subprocess.Popen([sys.executable, "app.py", "-m", *args], cwd=app, env={**os.environ, "APP_WAIT": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     marker = app / "sw" / "trial_0000" / "started"
     while not marker.exists() and proc.poll() is None:
@@ -186,7 +187,7 @@ def test_plain_app_trial_stopped_or_killed_is_continued_by_the_same_command(tmp_
     app = tmp_path / "app"
     app.mkdir()
     (app / "app.py").write_text(WAITING_APP)
-    (app / "config.yaml").write_text("x: 0.0\nwait: false\n")
+    (app / "config.yaml").write_text("x: 0.0\n")
     args = ["hydra/sweeper=optimlab", "hydra.sweeper.direction=minimize", "hydra.sweeper.plots=false",
             "hydra.sweeper.sampler.seed=0", "x=interval(0,4)", "hydra.sweeper.n_trials=3", "hydra.sweep.dir=sw"]  # fmt: skip
     code = start_and_stop(app, sig, *args)

@@ -95,7 +95,8 @@ def test_killed_worker_trial_fails_and_is_retried(tmp_path, postgres_url):  # no
     storage = open_storage(postgres_url)
     assert optuna.load_study(study_name="killed", storage=storage).trials[0].state.name == "RUNNING"
 
-    ok(sweep(tmp_path, *common, "epochs=1", name="k"))  # a worker started again
+    # a worker started again, with fewer epochs (a change of the study's config: allowed, and recorded)
+    ok(sweep(tmp_path, *common, "epochs=1", "hydra.sweeper.allow_changes=true", name="k"))
     study = optuna.load_study(study_name="killed", storage=open_storage(postgres_url))
     dead = study.trials[0]
     assert dead.state.name == "FAIL"

@@ -47,3 +47,27 @@ def test_a_folder_name_too_long_for_the_file_system_is_one_line(tmp_path):
         assert result.returncode == 2, out[-3000:]
         assert "Traceback" not in out and words in out and "shorter" in out, out[-3000:]
     assert not list(tmp_path.rglob("*.yaml")), "nothing written"
+
+
+# a sweep's bad input, each found by a check that needs no model: refused before torch is imported
+BEFORE_TORCH = {
+    "a_value": ["weight_decay=-1"],
+    "a_search_space": ["momentum=interval(0.9,0.5)"],
+    "a_rule_of_the_dataset": ["data.augment.crop_padding=40"],
+    "a_sweeper_setting": ["hydra.sweeper.n_trials=0"],
+    "a_storage": ["hydra.sweeper.storage=bogus://x"],
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_TORCH))
+def test_a_bad_sweep_input_is_refused_before_torch_is_imported(tmp_path, case):
+    args = ["-m", *TINY, "hydra/sweeper=optimlab", "optimizer=momentum", "lr=interval(0.01,0.1)",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", *BEFORE_TORCH[case]]  # fmt: skip
+    result = subprocess.run([sys.executable, "-X", "importtime", str(TRAIN_PY), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "torch" not in imported, f"torch was imported before the refusal: {errors[0]}"
+    assert not (tmp_path / "sweep").exists()

@@ -119,6 +119,10 @@ class OptimlabSweeperConf:
     storage_patience: float = 300.0
     # give each worker its own GPU (CUDA_VISIBLE_DEVICES by worker index) when several exist
     assign_gpus: bool = True
+    # a study records its definition (the trials' config without their params, and the search
+    # space); resuming it with another one is refused unless allow_changes, which records the
+    # change in the study (user attribute optimlab.changes) and goes on
+    allow_changes: bool = False
     # summary: plots every plot_every finished trials (0: at the end only); top_k rows logged
     plots: bool = True
     plot_every: int = 0

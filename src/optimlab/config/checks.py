@@ -301,8 +301,11 @@ def _check_objective(cfg: DictConfig) -> None:
         raise _fail("objective.directions", obj.directions, f"must be null or {wanted} for objective.metrics={metrics}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the key, the value and what is allowed; return quietly if fine."""
+def validate(cfg: DictConfig, *, models: bool = True) -> None:
+    """Raise ConfigError naming the key, the value and what is allowed; return quietly if fine.
+
+    ``models=False`` leaves out the one check that imports torch (does the model take these
+    images?): a sweep checks everything else of every trial first."""
     _check_section(cfg, schema.ConfigSchema, "")
     try:
         _check_objective(cfg)
@@ -316,7 +319,7 @@ def validate(cfg: DictConfig) -> None:
             n_train = training_split_size(cfg)
             if n_train is not None and "scheduler" in cfg:
                 check_training_size(cfg, n_train)
-            if "model" in cfg:
+            if "model" in cfg and models:
                 _check_model(cfg)
     except OmegaConfBaseException as e:  # a key a check needs is missing or unresolvable
         raise ConfigError(f"invalid config: {str(e).splitlines()[0]}") from None

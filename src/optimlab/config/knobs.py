@@ -1,6 +1,7 @@
 """The top-level knobs (``lr``, ``momentum``, …) and the one answer to "which of them does
 this config read": the CLI's ignored-knob warning, the sweep checks, packing and the
-run's hyperparameters all ask here."""
+run's hyperparameters all ask here. Also the one list of keys that never change a run's
+numbers (:data:`OUTPUT_KEYS`): a resumed run and a resumed sweep may change those."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ KNOBS = ("lr", "momentum", "weight_decay", "epochs", "batch_size", "seed", "dete
 # the knobs that reach a run only through interpolations in the groups' configs
 # (optimizer: lr: ${lr}): an option that does not interpolate one ignores it
 INTERPOLATED = ("lr", "momentum", "weight_decay")
+# THE keys that never change a run's numbers: what it prints, logs and plots, whether it
+# continues a folder, how often it saves (resumes are bit-exact). A resumed run may change
+# them (and epochs, run/resume.py); a study's definition leaves them out (sweeping/definition.py).
+OUTPUT_KEYS = ("resume", "quiet", "tensorboard", "logger", "plots", "profile", "checkpoint.every")
+
+
+def is_output_key(key: str) -> bool:
+    """Whether ``key`` (``a.b.c``) is one of :data:`OUTPUT_KEYS` or inside one."""
+    return any(key == k or key.startswith(k + ".") for k in OUTPUT_KEYS)
 
 
 def unread(job: DictConfig, keys: Iterable[str]) -> list[str]:

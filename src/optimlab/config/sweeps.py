@@ -6,7 +6,10 @@ with those options), intervals have low < high, log scales have low > 0, and eve
 endpoint or choice is a value the config accepts. :class:`SweepChecks` is a Hydra
 callback (registered in ``conf/config.yaml``) that runs these checks, the base config's
 checks and the sampler/pruner lookup from ``on_multirun_start``, i.e. before the sweeper
-launches anything, whichever sweeper is in use.
+launches anything, whichever sweeper is in use. Every check but the models' comes first and
+needs no torch, so a bad value is refused in about a second; the model check (which
+imports torch) follows, or with optimlab's sweeper comes from the sweeper once it has
+checked its folder and storage (:func:`models_deferred`).
 """
 
 from __future__ import annotations
@@ -72,13 +75,16 @@ def _job_config(cfg: DictConfig) -> DictConfig:
     return job
 
 
-def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: Mapping[str, str] | None = None) -> None:
+def validate_search_space(
+    params: Mapping[str, Any], cfg: DictConfig, choices: Mapping[str, str] | None = None, *, models: bool = True
+) -> None:
     """Raise ConfigError if the search space ``params`` (key → sweep spec) cannot be swept over ``cfg``.
 
     ``params`` values may be strings in Hydra's override grammar (``interval(1e-4, 0.1)``,
     ``tag(log, interval(...))``, ``range(1, 10)``, ``choice(a, b)``, ``a,b``), parsed sweep
     objects, lists or plain values. ``choices`` are the config groups (group → chosen option);
-    by default ``cfg.hydra.runtime.choices`` when ``cfg`` has Hydra's node.
+    by default ``cfg.hydra.runtime.choices`` when ``cfg`` has Hydra's node. ``models=False``:
+    without the model check (:func:`~optimlab.config.checks.validate`'s, which imports torch).
     """
     if choices is None:
         hydra_node = cfg.get("hydra") if "hydra" in cfg else None
@@ -106,7 +112,7 @@ def validate_search_space(params: Mapping[str, Any], cfg: DictConfig, choices: M
             trial = copy.deepcopy(job)
             OmegaConf.update(trial, key, candidate, merge=False, force_add=True)
             try:
-                validate(trial)
+                validate(trial, models=models)
             except ConfigError as e:
                 raise SweepConfigError(f"{where}: {e}") from None
 
@@ -242,10 +248,27 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self.check(config)
+            if not models_deferred(config):
+                self.check_models(config)
         except ConfigError as e:
             refuse(e)
 
     def check(self, config: DictConfig) -> None:
+        """Every check but the models' (no torch: a bad value is one line in about a second),
+        then the sampler's and pruner's classes (importing them imports optuna)."""
+        sweeper = config.hydra.sweeper
+        if isinstance(sweeper, DictConfig):
+            check_sweeper(sweeper)  # optimlab's sweeper checks them again itself (also in apps without this callback)
+        self._check(config, models=False)
+        if isinstance(sweeper, DictConfig) and sweeper.get("_target_") != OPTIMLAB_SWEEPER:
+            check_settings(sweeper)
+
+    def check_models(self, config: DictConfig) -> None:
+        """The check that imports torch: does each trial's model take its images (the base
+        config's, and each endpoint or option of the search space)."""
+        self._check(config, models=True)
+
+    def _check(self, config: DictConfig, *, models: bool) -> None:
         job = _job_config(config)
         choices = dict(config.hydra.runtime.choices)
         sweeper = config.hydra.sweeper
@@ -253,23 +276,39 @@ class SweepChecks(Callback):
         cli_sweeps = sweep_overrides(config)
         swept = {k.lstrip("+") for k in [*params, *cli_sweeps]}
         try:
-            validate_base(job, swept)
+            validate_base(job, swept, models=models)
         except ConfigError as e:
             raise SweepConfigError(f"every trial would fail: {e}") from None
-        validate_search_space({**params, **cli_sweeps}, config, choices=choices)
-        # a swept group option may read the knob the base config does not: then no verdict
-        unread = [] if any(k in choices for k in swept) else knobs.unread(job, swept)
-        if unread:
-            key = unread[0]
-            raise SweepConfigError(
-                f"search space {key}: the chosen config never reads {key} (e.g. optimizer="
-                f"{choices.get('optimizer')} has no {key}), so every trial would be the same run; "
-                f"pick a group option that uses it (optimizer=momentum, nesterov, adam, adamw, rmsprop) or drop {key} from the sweep"
-            )
-        _objective_count(config, sweeper)
-        # optimlab's sweeper checks its own settings (also in apps without this callback)
-        if isinstance(sweeper, DictConfig) and sweeper.get("_target_") != OPTIMLAB_SWEEPER:
-            check_settings(sweeper)
+        validate_search_space({**params, **cli_sweeps}, config, choices=choices, models=models)
+        if not models:
+            _check_unread(job, swept, choices)
+            _objective_count(config, sweeper)
+
+
+SWEEP_CHECKS = f"{__name__}.SweepChecks"
+
+
+def models_deferred(config: DictConfig) -> bool:
+    """Whether :class:`SweepChecks` leaves its model checks to the sweeper: optimlab's sweeper
+    asks for them (:meth:`SweepChecks.check_models`) once its storage and folder are checked,
+    so those are refused without waiting for torch too."""
+    sweeper = config.hydra.get("sweeper")
+    callbacks = config.hydra.get("callbacks") or {}
+    ours = any(isinstance(c, DictConfig) and c.get("_target_") == SWEEP_CHECKS for c in callbacks.values())
+    return ours and isinstance(sweeper, DictConfig) and sweeper.get("_target_") == OPTIMLAB_SWEEPER
+
+
+def _check_unread(job: DictConfig, swept: set[str], choices: Mapping[str, Any]) -> None:
+    """A swept knob that the chosen options never read: every trial would be the same run."""
+    # a swept group option may read the knob the base config does not: then no verdict
+    unread = [] if any(k in choices for k in swept) else knobs.unread(job, swept)
+    if unread:
+        key = unread[0]
+        raise SweepConfigError(
+            f"search space {key}: the chosen config never reads {key} (e.g. optimizer="
+            f"{choices.get('optimizer')} has no {key}), so every trial would be the same run; "
+            f"pick a group option that uses it (optimizer=momentum, nesterov, adam, adamw, rmsprop) or drop {key} from the sweep"
+        )
 
 
 OPTIMLAB_SWEEPER = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
@@ -333,10 +372,10 @@ def check_pack(value: Any) -> None:
     raise SweepConfigError(f"hydra.sweeper.pack={value}: must be an integer >= 1 (trials trained at once) or auto")
 
 
-def validate_base(job: DictConfig, swept: set[str]) -> None:
+def validate_base(job: DictConfig, swept: set[str], *, models: bool = True) -> None:
     """The config every trial starts from; a problem in a swept key is left to the search-space check."""
     try:
-        validate(job)
+        validate(job, models=models)
     except ConfigError as e:
         if not any(str(e).startswith(f"{k}=") for k in swept):
             raise

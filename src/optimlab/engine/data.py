@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from optimlab.engine.lazy import Lazy
 from optimlab.errors import DataError
+
+# imported on first use: the config checks read a loader's facts from this module without torch
+torch = Lazy("torch")
+F = Lazy("torch.nn.functional")
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +396,6 @@ def load_cifar10(root: str, download: bool, val_size: float, split_seed: int) ->
 # --------------------------------------------------------------------------- digits
 
 
-@facts(num_classes=10, train_pool=1797, held_out=("test_size", "val_size"))
 def read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits (images (1797, 8, 8) in 0..16, labels), read from its
     CSV without importing scikit-learn (which costs about a second, more on a busy CPU)."""
@@ -413,6 +415,7 @@ def read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
+@facts(num_classes=10, train_pool=1797, held_out=("test_size", "val_size"))
 def load_digits(channels: int, image_size: int, test_size: int, val_size: int, split_seed: int) -> Splits:
     images, target = read_sklearn_digits()
     x = torch.from_numpy(images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]

@@ -21,9 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from optimlab.engine.lazy import Lazy
 from optimlab.errors import DataError
+
+torch = Lazy("torch")  # imported on first use: the config checks read the loaders' facts without it
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")  # torchvision's
 SPLIT_FOLDERS = ("train", "val", "test")

@@ -20,13 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from optimlab.engine.data import (
     Split, Splits, split_off, download_or_explain, facts, fit_images, held_count, load_cifar, missing_offline,
 )  # fmt: skip
+from optimlab.engine.lazy import Lazy
 from optimlab.errors import DataError
 
+torch = Lazy("torch")  # imported on first use: the config checks read the loaders' facts without it
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from typing import Any
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.config import CONFIG_DIR
+from optimlab.config import CONFIG_DIR, knobs
 from optimlab.config import overrides as ovr
 from optimlab.errors import CheckpointError, ConfigError, FolderTaken
 from optimlab.run.folder import Checkpoint, RunFolder, is_sweep_folder
@@ -40,8 +40,9 @@ from optimlab.run.folder import Checkpoint, RunFolder, is_sweep_folder
 log = logging.getLogger(__name__)
 
 # Keys that may differ between the saved run and the resumed one: they change how far
-# a run goes or what it prints, never the numbers of the epochs already trained.
-HARMLESS_KEYS = ("epochs", "resume", "quiet", "tensorboard", "logger", "plots", "profile", "checkpoint.every", "test_on")
+# a run goes (epochs), which weights it tests (test_on) or what it prints (config/knobs.py),
+# never the numbers of the epochs already trained.
+HARMLESS_KEYS = ("epochs", "test_on", *knobs.OUTPUT_KEYS)
 AUTO = "auto"  # resume=auto: continue the run folder's own checkpoint of the same config, else start fresh
 
 

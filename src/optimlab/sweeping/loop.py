@@ -64,7 +64,8 @@ class OpenSweep:
     storage: Any  # the study's storage object: heartbeats, trial ids, system attrs
     storage_url: str
     sweep_dir: Path
-    base_overrides: list[str]  # what every trial runs with besides its params (the summary's commands)
+    base_overrides: list[str]  # what every trial of this sweep runs with besides its params
+    single_run: list[str]  # what a trial's command adds to be a single run (hydra.mode=RUN, or nothing)
 
     @property
     def heartbeat(self) -> int | None:
@@ -271,6 +272,8 @@ class WorkerLoop:
         overrides = [self.space.configure(trial, self.config) for trial in batch]
         by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
         for trial, extra in zip(batch, overrides):
+            # what re-runs this trial, recorded with it: later sweeps of the study may have other fixed overrides
+            trial.set_user_attr(summary.OVERRIDES, [*extra, *self.sweep.single_run])
             dead = trial.user_attrs.get(attempts.RESUME_OF)
             # another app's continuation starts its params afresh (resume= is optimlab's run's key)
             source = attempts.resume_source(by_number, dead) if dead is not None and self.continues_runs else None

@@ -47,6 +47,7 @@ class SweepSettings:
     worker_index: int
     session: str | None
     pack: Any
+    allow_changes: bool  # resume a study whose config or search space changed (recorded in the study)
 
     @classmethod
     def from_conf(cls, conf: type, kwargs: Mapping[str, Any]) -> SweepSettings:

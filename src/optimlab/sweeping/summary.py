@@ -34,6 +34,9 @@ PARETO_PLOT = "pareto_front.png"
 # a string value Hydra reads back as that same string without quotes (a group option, a name)
 PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
 HYDRA_WORDS = {"true", "false", "null", "inf", "nan"}
+# trial user attribute: the overrides that re-run it as a single run (its own job's, as in its
+# .hydra/overrides.yaml, without a continuation's resume=; plus hydra.mode=RUN where needed)
+OVERRIDES = "trial_overrides"
 
 
 def objective_names(study) -> list[str]:
@@ -84,33 +87,45 @@ def trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
-def base_overrides(config: DictConfig, config_loader, fixed: Mapping[str, Any]) -> list[str]:
-    """What every trial runs with besides its params: the command line's fixed overrides,
-    then the ``fixed`` values of ``hydra.sweeper.params`` (a single run does not read those)."""
-    cli = [o.input_line for o in ovr.parse(config.hydra.overrides.task) if not o.is_sweep_override()]
+def base_overrides(config: DictConfig, fixed: Mapping[str, Any]) -> list[str]:
+    """What every trial of this sweep runs with besides its params: the command line's fixed
+    overrides, then the ``fixed`` values of ``hydra.sweeper.params`` (a single run does not read those)."""
+    cli = cli_overrides(config)
     typed = {ovr.key_of(line) for line in cli}
-    extra = [f"{k}={v}" for k, v in fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
-    return cli + extra + (["hydra.mode=RUN"] if _multirun_by_config(config, config_loader, cli) else [])
+    return cli + [f"{k}={v}" for k, v in fixed.items() if ovr.key_of(f"{k}={v}") not in typed]
 
 
-def _multirun_by_config(config: DictConfig, config_loader, overrides: list[str]) -> bool:
-    """Whether these overrides alone start a sweep (a preset with ``hydra.mode: MULTIRUN``,
-    as lightning-hydra-template's hparams_search): the best trial's command then needs
-    ``hydra.mode=RUN`` to be a single run."""
+def cli_overrides(config: DictConfig) -> list[str]:
+    """The command line's fixed (not swept) task overrides."""
+    return [o.input_line for o in ovr.parse(config.hydra.overrides.task) if not o.is_sweep_override()]
+
+
+def single_run(config: DictConfig, config_loader) -> list[str]:
+    """``["hydra.mode=RUN"]`` when the command line's overrides alone start a sweep (a preset
+    with ``hydra.mode: MULTIRUN``, as lightning-hydra-template's hparams_search): a trial's
+    command then needs it to be a single run; else nothing."""
     from hydra.types import RunMode
 
     try:
         cfg = config_loader.load_configuration(
-            config_name=config.hydra.job.config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+            config_name=config.hydra.job.config_name, overrides=cli_overrides(config), run_mode=RunMode.RUN,
         )  # fmt: skip
-        return cfg.hydra.mode == RunMode.MULTIRUN
+        return ["hydra.mode=RUN"] if cfg.hydra.mode == RunMode.MULTIRUN else []
     except Exception:  # noqa: BLE001 - only the printed command depends on it
-        return False
+        return []
+
+
+def trial_command(trial, base_overrides: list[str]) -> str:
+    """The single-run command that re-trains ``trial``: the overrides it recorded when it ran
+    (user attribute :data:`OVERRIDES`), whatever the command that resumed the study later;
+    a trial of an older version without them: this sweep's ``base_overrides`` and its params."""
+    own = trial.user_attrs.get(OVERRIDES)
+    return best_command(dict(trial.params), list(own) if own is not None else base_overrides)
 
 
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
     """The sweep's own command (``python train.py``, ``python app.py``, …) that re-runs a
-    trial as a single run."""
+    trial with ``params`` as a single run."""
     parts = ovr.without_keys(base_overrides, params)
     parts += [f"{k}={_fmt(v)}" for k, v in params.items()]
     return shlex.join([*ovr.program(), *parts])
@@ -150,7 +165,7 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
         results["objectives"] = study.metric_names  # null: a task's unnamed values
         results["solutions"] = [
             {"params": dict(t.params), "values": list(t.values), "trial": t.number,
-             "run_dir": t.user_attrs.get("run_dir"), "best_command": best_command(dict(t.params), base_overrides)}
+             "run_dir": t.user_attrs.get("run_dir"), "best_command": trial_command(t, base_overrides)}
             for t in _pareto_sorted(study)
         ]  # fmt: skip
     best = _best(study) if not multi else None
@@ -160,7 +175,7 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
             best_params=dict(best.params),
             best_value=best.value,
             best_run_dir=best.user_attrs.get("run_dir"),
-            best_command=best_command(dict(best.params), base_overrides),
+            best_command=trial_command(best, base_overrides),
         )
     atomic_write_text(sweep_dir / RESULTS_FILE, OmegaConf.to_yaml(OmegaConf.create(results)))
     return results

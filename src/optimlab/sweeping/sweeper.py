@@ -7,7 +7,8 @@ processes (the same command with a worker index); the same command on several ho
 one PostgreSQL storage joins the same study. ``n_trials`` counts finished (COMPLETE or
 PRUNED) trials in the study in total, so running the command again completes the study.
 
-The parts: the settings (sweeping/settings.py), one worker's claim → run → tell loop
+The parts: the settings (sweeping/settings.py), what defines a study and may not change
+when it resumes (sweeping/definition.py), one worker's claim → run → tell loop
 (sweeping/loop.py), the worker processes and stop signals (sweeping/workers.py), storage
 outages waited out (sweeping/outage.py), the sweep folder's summary (sweeping/summary.py).
 """
@@ -34,10 +35,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective as objectives
-from optimlab.config.sweeps import check_objectives, check_settings, refuse
+from optimlab.config.sweeps import SweepChecks, check_objectives, check_settings, models_deferred, refuse
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
-from optimlab.sweeping import loop, packing, summary, upstream, workers
+from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
@@ -137,12 +138,24 @@ class OptimlabSweeperImpl(Sweeper):
         given = self.settings.storage
         url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
-        base_overrides = summary.base_overrides(self.config, self.hydra_context.config_loader, space.fixed)
+        if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
+            try:
+                SweepChecks().check_models(self.config)
+            except ConfigError as e:
+                refuse(e)
+        single_run = summary.single_run(self.config, self.hydra_context.config_loader)
+        base_overrides = summary.base_overrides(self.config, space.fixed) + single_run
         if self.settings.pack != 1:
             self.pack_size = packing.pack_size(self.settings.pack, self._device_type(), self.task_function)
 
         study, storage = self._open_study(url)
         self._check_study(study, url)
+        if self.settings.session is None:  # a parent's workers: their parent checked (and recorded) it
+            try:
+                definition.check(study, self._definition(space), allow_changes=self.settings.allow_changes,
+                                 where=f"study {self.settings.study_name!r} in {redact(url)}")  # fmt: skip
+            except SweepConfigError as e:
+                refuse(e)  # before the first trial
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sampler = self._make_sampler(study)
         if getattr(sampler, "func", None) is optuna.samplers.GridSampler:  # the grid comes from the search space
@@ -158,7 +171,7 @@ class OptimlabSweeperImpl(Sweeper):
             type(study.sampler).__name__, type(study.pruner).__name__, ", ".join(s.directions),
             f"{s.n_workers} workers" if s.n_workers > 1 else f"worker {s.worker_index}",
         )  # fmt: skip
-        return loop.OpenSweep(s, study, storage, url, sweep_dir, base_overrides)
+        return loop.OpenSweep(s, study, storage, url, sweep_dir, base_overrides, single_run)
 
     def _open_study(self, url: str):
         """(study, its storage object), created or loaded; retried, as workers may create it at once."""
@@ -179,6 +192,17 @@ class OptimlabSweeperImpl(Sweeper):
                     raise storages.open_error(url, e) from None
                 time.sleep(0.2 + random.random())
         raise AssertionError("unreachable")
+
+    def _definition(self, space: upstream.SearchSpace) -> dict:
+        """What defines this sweep's study (sweeping/definition.py): a job composed as its
+        trials' are, without their params, and the search space."""
+        fixed = [f"{k}={v}" for k, v in space.fixed.items()]
+        try:
+            job = self.hydra_context.config_loader.load_sweep_config(self.config, fixed)
+        except Exception:  # noqa: BLE001 - the trials will say what is wrong; the sweep's own config defines it
+            job = self.config
+        own = packing.is_optimlab_task(self.task_function)
+        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own)
 
     def _check_study(self, study, url: str) -> None:
         """A resumed study has this sweep's directions (Optuna would load it silently)."""
