@@ -4,7 +4,7 @@ else changed."""
 from __future__ import annotations
 
 import pytest
-from conftest import TINY
+from conftest import TINY, TRAIN_PY, run_python
 from conftest import train_cli as _train
 
 
@@ -63,8 +63,7 @@ BEFORE_TORCH = {
 def test_a_bad_sweep_input_is_refused_before_torch_is_imported(tmp_path, case):
     args = ["-m", *TINY, "hydra/sweeper=optimlab", "optimizer=momentum", "lr=interval(0.01,0.1)",
             f"hydra.sweep.dir={tmp_path / 'sweep'}", *BEFORE_TORCH[case]]  # fmt: skip
-    result = subprocess.run([sys.executable, "-X", "importtime", str(TRAIN_PY), *args], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run_python("-X", "importtime", str(TRAIN_PY), *args, cwd=tmp_path)  # a new interpreter: its imports
     lines = result.stderr.splitlines()
     errors = [line for line in lines if line.startswith("Error: ")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]

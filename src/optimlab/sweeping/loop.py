@@ -260,7 +260,7 @@ class WorkerLoop:
             raise self.storage_stop(lost, error)
         full = [trial for trial, end in zip(batch, ends) if end is DISK_FULL]
         if full:
-            raise self.disk_full_stop(full)
+            raise disk_full_stop(self.sweep, full)
         self.sweep.write_tables()
         if self.settings.plots and self.settings.plot_every and n_done(self.study) % self.settings.plot_every == 0:
             summary.write_plots(self.study, self.sweep.sweep_dir)
@@ -313,7 +313,7 @@ class WorkerLoop:
                 if is_disk_full(e):  # Hydra could not even write the jobs' folders
                     for trial in batch:
                         self.mark_disk_full(trial, e)
-                    raise self.disk_full_stop(batch) from None
+                    raise disk_full_stop(self.sweep, batch) from None
                 for trial in batch:
                     if stopped:  # the run saved its last finished epoch: the trial goes on from there
                         trial.set_user_attr(attempts.RESUMABLE, True)
@@ -364,23 +364,6 @@ class WorkerLoop:
         self.fail(trial, f"{type(error).__name__}: {error}")
         return DISK_FULL
 
-    def disk_full_stop(self, trials: list) -> SweepStopped:
-        """The one line that ends a sweep whose disk is full: no new trial is sampled into it."""
-        import shutil
-
-        folder = self.sweep.sweep_dir
-        try:
-            free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
-        except OSError:
-            free = "free space unknown"
-        with contextlib.suppress(OSError):  # the tables may not fit either; the study has it all
-            self.sweep.write_tables()
-        numbers = ", ".join(str(t.number) for t in trials)
-        return SweepStopped(
-            f"stopping the sweep: the disk of {folder} is full ({free}); free some space there and run the same "
-            f"command again: trial(s) {numbers} continue from their last checkpoint"
-        )
-
     def storage_stop(self, trials: list, error: StorageUnreachable) -> StorageUnreachable:
         """The one line that ends a sweep whose storage stayed unreachable past the patience.
         Each of ``trials`` (stopped, or not told) is marked to continue: in the study if it is
@@ -401,6 +384,24 @@ class WorkerLoop:
         trial.set_user_attr("fail_reason", reason[:1000])
         tell_safely(self.study, trial, TrialState.FAIL, None)
         log.warning("trial %d FAIL: %s", trial.number, reason)
+
+
+def disk_full_stop(sweep: OpenSweep, trials: list) -> SweepStopped:
+    """The one line that ends a sweep whose disk is full: no new trial is sampled into it."""
+    import shutil
+
+    folder = sweep.sweep_dir
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    with contextlib.suppress(OSError):  # the tables may not fit either; the study has it all
+        sweep.write_tables()
+    numbers = ", ".join(str(t.number) for t in trials)
+    return SweepStopped(
+        f"stopping the sweep: the disk of {folder} is full ({free}); free some space there and run the same "
+        f"command again: trial(s) {numbers} continue from their last checkpoint"
+    )
 
 
 def tell_safely(study, trial, state, values) -> None:
