@@ -237,3 +237,31 @@ def test_optimlab_sweep_report_agrees_with_the_study(tmp_path):
     header = next(i for i, line in enumerate(lines) if line.startswith("#"))
     assert lines[header + 2].split()[1] == table[0]["run"]  # the table's first row is the best trial
     assert_png(sweep / "report.png")
+
+
+def test_tied_best_values_name_the_same_trial_in_the_summary_trials_csv_and_the_report(tmp_path):
+    """One rule for "the best trial" (optimlab.objective.best_trial): best value, ties to the
+    earliest trial, as Optuna's Study.best_trial; the sweeper's summary, trials.csv and
+    optimlab-report all name it, whatever order the tied trials finished in."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from optimlab.sweeping import summary
+
+    losses = {0: [1.0], 1: [0.5], 2: [2.0], 3: [0.9, 0.5], 4: [0.5]}  # trials 1, 3 and 4 tie at 0.5
+    study = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
+    trials = [study.ask() for _ in losses]  # asked in number order, finished in reverse: 4 first
+    for t in reversed(trials):
+        folder = tmp_path / f"trial_{t.number:04d}"
+        _fake_run(folder, [f"lr={t.number}"], losses[t.number])
+        t.set_user_attr("run_dir", str(folder))
+        study.tell(t, min(losses[t.number]), state=TrialState.COMPLETE)
+    results = summary.write_tables(study, tmp_path, ["lr=1"], "sqlite:///x.db")
+    assert results["best_trial"] == 1 and results["best_value"] == 0.5
+    assert summary.top_table(study, 3).splitlines()[2].split()[0] == "1"
+    with open(tmp_path / summary.TRIALS_FILE, newline="") as f:
+        assert [int(r["number"]) for r in csv.DictReader(f) if r["best"] == "True"] == [1]
+    text = report.report(tmp_path, plot=False)
+    assert "best: trial_0001 (val_loss 0.5000)" in text, text
+    runs, _, direction = report.collect(tmp_path)
+    assert [r.name for r in runs[:3]] == ["trial_0001", "trial_0003", "trial_0004"]

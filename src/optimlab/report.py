@@ -157,19 +157,19 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
     for run in runs:
         if (run.metric, run.direction) != (metric, direction):
             score(run, metric, direction)  # rank every run by the same yardstick
-    # ties (several runs at val_acc 1.0) go to the better other metric at the best epoch
-    other = VAL_LOSS if metric != VAL_LOSS else VAL_ACC
-    other_direction = objectives.EPOCH_METRICS[other]
-
+    # ties go to the earliest run (trial number, job number): the sweeper's one rule
     def order(r: Run):
-        return (
-            objectives.rank_key(r.value, direction),
-            objectives.rank_key(r.best.get(other), other_direction),
-            natural_key(r.name),
-        )
+        return objectives.trial_order(r.value, natural_key(r.name), direction)
 
     runs.sort(key=order)
     return runs, metric, direction
+
+
+def best_run(runs: list[Run], direction: str) -> Run | None:
+    """The best completed run, by the sweeper's rule (:func:`optimlab.objective.best_trial`:
+    best value, ties to the earliest trial); a pruned or failed run is never the best."""
+    done = [r for r in runs if r.status == "completed"]
+    return objectives.best_trial(done, lambda r: r.value, lambda r: natural_key(r.name), direction)
 
 
 def sort_pareto(runs: list[Run], metrics: tuple[str, ...], directions: tuple[str, ...]) -> list[Run]:
@@ -349,13 +349,13 @@ def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True)
         png = write_plot(runs, "Pareto front" if metrics else metric, params, out / REPORT_PNG, top, title)
         if png:
             written.append(png)
-    best = runs[0]
+    best = best_run(runs, direction)
     front = [r for r in runs if r.pareto]
     if metrics:
         lines.append(f"Pareto-optimal: {len(front)} of {len(runs)} runs: {', '.join(r.name for r in front) or '-'}")
         for run in front[:top]:
             lines.append(f"  {run.name}: again: python train.py {shlex.join(run.overrides)}")
-    elif best.value is not None:
+    elif best is not None:
         lines.append(f"best: {best.name} ({metric} {best.value:.4f}); again: python train.py {shlex.join(best.overrides)}")
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)
