@@ -34,10 +34,13 @@ def test_csv_logger_rows_per_epoch_then_the_end(tmp_path):
     metrics = read_csv(tmp_path / "metrics.csv")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["epoch"] for r in rows] == ["1", "2", "end"]
+    header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header  # no column twice (the epoch's lr, the lr hyperparameter)
     for row, m in zip(rows, metrics):
         assert float(row["train/loss"]) == pytest.approx(float(m["train_loss"]), rel=1e-5)
         assert float(row["val/acc"]) == pytest.approx(float(m["val_acc"]), rel=1e-5)
-        assert row["lr"] == "0.05" and row["data"] == "synthetic"
+        assert float(row["lr"]) == pytest.approx(float(m["lr"]))  # the epoch's lr, as metrics.csv
+        assert row["hparam.lr"] == "0.05" and row["data"] == "synthetic"
     end = rows[-1]
     assert end["status"] == "completed"
     assert float(end["test/acc"]) == pytest.approx(summary["test"]["acc"])

@@ -135,7 +135,8 @@ def test_weights(summary: dict[str, Any]) -> str | None:
 
 class CSVLogger:
     """One CSV file of the run: a row per epoch (the scalars, under their tags, and the
-    hyperparameters), then a last row with ``epoch=end``, the status and the test metrics.
+    hyperparameters; one named like a scalar column, e.g. ``lr``, is ``hparam.lr``), then a
+    last row with ``epoch=end``, the status and the test metrics.
     Rows of many runs concatenate into one long table (``run`` is the folder's name).
 
     The file is the run folder's (``run.folder`` names, reads and writes it; each write
@@ -143,12 +144,14 @@ class CSVLogger:
 
     def __init__(self, run: RunContext):
         self.folder = folder = run.folder
-        self.hparams = dict(run.hparams)
         self.run = run.log_dir.name
         self.objectives = Objectives(run.objectives)
         start_epoch = run.start_epoch
-        self.columns = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
-                        *TEST_TAGS.values(), *TEST_LAST_TAGS.values(), "test_weights", *self.hparams]  # fmt: skip
+        own = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
+               *TEST_TAGS.values(), *TEST_LAST_TAGS.values(), "test_weights"]  # fmt: skip
+        # a hyperparameter named like a scalar (lr: the epoch's scheduled lr) is hparam.<name>: one column each
+        self.hparams = {f"hparam.{k}" if k in own else k: v for k, v in run.hparams.items()}
+        self.columns = list(dict.fromkeys([*own, *self.hparams]))
         old = folder.read_log_table() if start_epoch else []  # resumed: keep the rows up to the checkpoint
         self.rows = [r for r in old if r.get("epoch", "end") != "end" and int(r["epoch"]) <= start_epoch]
         self._write()
