@@ -265,3 +265,22 @@ def test_tied_best_values_name_the_same_trial_in_the_summary_trials_csv_and_the_
     assert "best: trial_0001 (val_loss 0.5000)" in text, text
     runs, _, direction = report.collect(tmp_path)
     assert [r.name for r in runs[:3]] == ["trial_0001", "trial_0003", "trial_0004"]
+
+
+def test_no_argument_reports_the_newest_sweep_folder_not_a_job_folder(tmp_path, monkeypatch, capsys):
+    import os
+
+    old = tmp_path / "multirun" / "2026-01-01" / "10-00-00"
+    _fake_run(old / "0", ["lr=0.1"], [1.0])
+    study = tmp_path / "multirun" / "lr_momentum_fast"  # a preset's sweep.dir: trials right under multirun/<study>
+    for n in range(3):
+        _fake_run(study / f"trial_{n:04d}", [f"lr={n}"], [1.0 + n])
+    for path in [old, old / "0", *(p for p in old.rglob("*"))]:
+        os.utime(path, (1, 1))  # the grid multirun is older
+    monkeypatch.chdir(tmp_path)
+    assert report.latest_multirun() == Path("multirun/lr_momentum_fast")
+    assert report.main(["--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("multirun/lr_momentum_fast: 3 runs") and "best: trial_0000" in out, out
+    _fake_run(tmp_path / "multirun" / "2026-01-02" / "09-00-00" / "0", ["lr=0.2"], [0.5])  # a newer sweep
+    assert report.latest_multirun() == Path("multirun/2026-01-02/09-00-00")

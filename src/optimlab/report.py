@@ -1,7 +1,7 @@
 """Summarize a multirun folder: one table row per run, sorted by the objective.
 
     uv run python -m optimlab.report multirun/2025-01-01/12-00-00_ab12cd
-    optimlab-report                      # the newest folder under ./multirun
+    optimlab-report                      # the newest sweep folder under ./multirun
 
 Reads run folders only (``summary.json``, ``metrics.csv``, ``.hydra/``), so it works
 for grid multiruns (job folders ``0``, ``1``, ...), Optuna sweeps (``trial_NNNN`` or job
@@ -33,7 +33,7 @@ from optimlab.engine.metrics import SECONDS, VAL_ACC, VAL_LOSS
 from optimlab.files import atomic_write_text
 from optimlab.observe.plots import plot_comparison
 from optimlab.observe.tables import render
-from optimlab.run.folder import RunFolder, run_folders_under
+from optimlab.run.folder import RunFolder, is_sweep_folder, run_folders_under
 
 REPORT_CSV = "report.csv"
 REPORT_PNG = "report.png"
@@ -319,8 +319,15 @@ def write_plot(runs: list[Run], metric: str, params: list[str], path: Path, top:
 
 
 def latest_multirun(base: Path = Path("multirun")) -> Path | None:
-    sweeps = [p for p in base.glob("*/*") if p.is_dir()]
-    return max(sweeps, key=lambda p: p.stat().st_mtime) if sweeps else None
+    """The newest sweep folder under ``base`` (``multirun/<date>/<time>``, or a preset's
+    ``multirun/<study>``), never one of its job folders (``…/trial_0007``): by the time its
+    newest run folder was last written."""
+    sweeps = [p for p in (*base.glob("*"), *base.glob("*/*")) if is_sweep_folder(p)]
+
+    def newest(sweep: Path) -> float:
+        return max((p.stat().st_mtime for p in (sweep, *run_folders_under(sweep))), default=0.0)
+
+    return max(sweeps, key=newest) if sweeps else None
 
 
 def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True) -> str:
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="optimlab-report", description="Table, report.csv and report.png of a multirun (sweep) folder."
     )
-    parser.add_argument("folder", nargs="?", type=Path, help="multirun folder (default: the newest under ./multirun)")
+    parser.add_argument("folder", nargs="?", type=Path, help="multirun folder (default: the newest sweep folder under ./multirun)")
     parser.add_argument("--top", type=int, default=8, help="runs drawn in report.png (default 8)")
     parser.add_argument("--out", type=Path, help="where report.csv/report.png go (default: the folder)")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = args.folder or latest_multirun()
     if folder is None:
-        parser.error("no folder given and none under ./multirun")
+        parser.error("no folder given and no sweep folder under ./multirun")
     if not folder.is_dir():
         parser.error(f"{folder} is not a folder")
     text = report(folder, out=args.out, top=args.top, plot=not args.no_plot)
