@@ -46,6 +46,11 @@ def test_train_py_writes_a_complete_run_folder(tmp_path):
     assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= ckpt.keys()
     log = (folder / "train.log").read_text()
     assert "epoch 2/2" in log and "test_acc" in log
+    # the folder is named once at the start and once at the very end
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    named = [i for i, line in enumerate(lines) if "run folder: " in line]
+    assert len(named) == 2 and named[-1] == len(lines) - 1, proc.stdout
+    assert all(lines[i].endswith(f"run folder: {folder}") for i in named)
 
 
 def test_two_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
@@ -73,6 +78,7 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
     assert len(folders) == 2
     optimizers = {json.loads((f / "summary.json").read_text())["overrides"][-1] for f in folders}
     assert optimizers == {"optimizer=sgd", "optimizer=adam"}
+    assert "run folder: " not in proc.stdout + proc.stderr  # no per-job lines in a multirun
 
 
 def test_readme_shows_the_run_and_test_commands_first():

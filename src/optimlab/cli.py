@@ -49,7 +49,13 @@ def train(cfg: DictConfig) -> float:
             from optimlab.run.runner import run
 
             started = True
-            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=TrialLink.from_env())
+            # a single run names its folder first and last (a sweep's trials: only in their own log)
+            say = log.debug if hc.mode == RunMode.MULTIRUN else log.info
+            say("run folder: %s", run_dir)
+            try:
+                return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=TrialLink.from_env())
+            finally:
+                say("run folder: %s", run_dir)
     except OptimlabError as e:
         # a resume's new folder says why it holds no run; a folder with results is never touched
         if not started and cfg.get("resume") not in (None, resume.AUTO) and not folder.holds_results():
