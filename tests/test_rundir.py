@@ -87,3 +87,14 @@ def test_readme_shows_the_run_and_test_commands_first():
     lines = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert lines[0].startswith("uv run python train.py")
     assert lines[1] == "uv run pytest"
+
+
+def test_a_grid_multirun_job_that_diverges_is_one_line_and_the_others_run(tmp_path):
+    proc = train_cli("-m", *TINY, "data.image_size=8", "data.channels=1", "lr=1e9,0.1", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    diverged, completed = sorted(run_dirs(tmp_path, "multirun/*/*/*"))
+    statuses = [json.loads((f / "summary.json").read_text())["status"] for f in (diverged, completed)]
+    assert statuses == ["diverged", "completed"]  # the job after the diverged one still ran
+    assert proc.stderr.strip().splitlines()[-1] == f"error: 1 job of the multirun failed: {diverged} (diverged)"
+    assert sum("training diverged" in line for line in out.splitlines()) == 1

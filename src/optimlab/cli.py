@@ -6,6 +6,7 @@ compose (Hydra) → check once → run → the objective back to Hydra (and a sw
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import hydra
@@ -63,7 +64,7 @@ def train(cfg: DictConfig) -> float:
 
             record_error(cfg, run_dir, overrides, e)
         if hc.mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the failure and goes on
+            return _job_failed(hc, run_dir, e)  # the sweeper records the failure and goes on
         if isinstance(e, StorageError):
             logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
         log.error("%s", e)  # one clear line, no traceback wall
@@ -78,6 +79,32 @@ def train(cfg: DictConfig) -> float:
         # the runner has already saved the state and written summary.json
         log.error("%s (%s): state saved in %s (summary.json status: %s)", status, signals.SAID[status], run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
+
+
+# a grid multirun's failed jobs (Hydra's basic sweeper and launcher, in this process): its last line
+FAILED_JOBS: list[tuple[str, OptimlabError]] = []
+
+
+def _job_failed(hc, run_dir: str, error: OptimlabError) -> float:
+    """A multirun job ended on ``error``. An Optuna sweeper records it as a failed trial and
+    goes on: re-raised for it. Hydra's basic sweeper would stop at the first failed job's
+    traceback once the batch is done: the job says why in one line instead, the other jobs
+    run, and :func:`main` ends the multirun with one line and the first failure's exit code."""
+    basic = str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+    if not basic or not str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        raise error
+    log.error("%s (%s)", error, run_dir)
+    FAILED_JOBS.append((run_dir, error))
+    return math.nan
+
+
+def _report_failed_jobs() -> None:
+    failed = FAILED_JOBS[:]
+    FAILED_JOBS.clear()
+    if failed:
+        where = "; ".join(f"{path} ({e.status})" for path, e in failed)
+        sys.stderr.write(f"error: {len(failed)} job{'s' if len(failed) > 1 else ''} of the multirun failed: {where}\n")
+        sys.exit(failed[0][1].exit_code)
 
 
 # what to do when the optimizer does not read a knob set on the command line
@@ -116,6 +143,7 @@ def main() -> None:
     uses only Hydra's public compose/parser API and costs nothing when the command is fine.
     """
     resolvers.register()
+    FAILED_JOBS.clear()
     try:
         hydra_main()
     except SystemExit as e:
@@ -127,6 +155,7 @@ def main() -> None:
             for line in hints:
                 sys.stderr.write(line + "\n")
         raise
+    _report_failed_jobs()
 
 
 if __name__ == "__main__":
