@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import CONFIG_DIR, CONFIG_NAME, resolvers, validate
-from optimlab.config.hints import suggest_overrides
+from optimlab.config.hints import home_hints, suggest_overrides
 from optimlab.errors import OptimlabError, StorageError
 from optimlab.run import signals
 
@@ -148,10 +148,11 @@ def main() -> None:
         hydra_main()
     except SystemExit as e:
         if e.code == 1:  # Hydra's own error exit (optimlab's errors exit 2, signals 130/143)
+            hints = home_hints(sys.argv[1:])
             try:
-                hints = suggest_overrides(sys.argv[1:], CONFIG_DIR)
+                hints += suggest_overrides(sys.argv[1:], CONFIG_DIR)
             except Exception:  # a hint must never hide Hydra's message
-                hints = []
+                pass
             for line in hints:
                 sys.stderr.write(line + "\n")
         raise
