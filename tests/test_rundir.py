@@ -98,3 +98,20 @@ def test_a_grid_multirun_job_that_diverges_is_one_line_and_the_others_run(tmp_pa
     assert statuses == ["diverged", "completed"]  # the job after the diverged one still ran
     assert proc.stderr.strip().splitlines()[-1] == f"error: 1 job of the multirun failed: {diverged} (diverged)"
     assert sum("training diverged" in line for line in out.splitlines()) == 1
+
+
+def test_help_lists_the_groups_and_the_knobs_with_their_defaults(tmp_path):
+    from conftest import compose_config
+
+    proc = train_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert text.startswith("optimlab: ") and "== Config groups (group=option) ==" in text
+    for group in ("model", "optimizer", "scheduler", "device", "data", "logger", "sweep", "debug", "experiment"):
+        assert f"\n{group}: " in text, group  # Hydra's list of the options
+    cfg = compose_config()
+    for knob in ("lr", "momentum", "weight_decay", "epochs", "batch_size", "seed", "deterministic", "precision",
+                 "compile", "test_on", "resume"):  # fmt: skip
+        shown = str(cfg[knob]).lower() if isinstance(cfg[knob], bool) else str(cfg[knob])
+        assert f"  {knob}={shown} " in text, knob  # the default as conf/config.yaml has it
+    assert "data.root=$HOME/pets" in text and not list(tmp_path.iterdir())  # nothing written
