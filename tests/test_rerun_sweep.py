@@ -15,8 +15,6 @@ from conftest import TINY, run_in_process, train_cli
 
 from optimlab.engine.training import TIMING_COLUMNS
 
-pytestmark = pytest.mark.slow
-
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -27,6 +25,7 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_rerun_of_a_sweep_folder_retrains_its_best_trial_bit_exactly(tmp_path, caplog):
     proc = train_cli(
         "-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/s", "hydra.sweeper.n_trials=2",
@@ -54,3 +53,26 @@ def test_rerun_of_a_sweep_folder_retrains_its_best_trial_bit_exactly(tmp_path, c
     # the preset's time savers are dropped: curves and TensorBoard events are back
     assert (rerun / "curves.png").is_file() and list(rerun.rglob("events.out.tfevents.*"))
     assert not (best / "curves.png").exists()
+
+
+def _trial(folder: Path, value, status="completed", **objective) -> None:
+    from optimlab.run.folder import RunFolder
+
+    RunFolder(folder).write_summary({"status": status, "objective": {
+        "metric": "val_acc", "direction": "maximize", "value": value, "best_epoch": 1, **objective}})  # fmt: skip
+
+
+def test_the_best_trial_of_a_sweep_folder_is_the_earliest_of_equals_among_completed_ones(tmp_path):
+    from optimlab.errors import ConfigError
+    from optimlab.run.rerun import best_trial_folder
+
+    _trial(tmp_path / "trial_0010", 0.9)
+    _trial(tmp_path / "trial_0002", 0.5)
+    _trial(tmp_path / "trial_0009", 0.9)
+    _trial(tmp_path / "trial_0001", 0.99, status="pruned")  # never the best: not completed
+    assert best_trial_folder(tmp_path) == tmp_path / "trial_0009"
+    with pytest.raises(ConfigError, match="has no completed trial to re-run"):
+        best_trial_folder(tmp_path / "trial_0001")
+    _trial(tmp_path / "pareto" / "trial_0000", 0.9, values=[0.9, 10.0])
+    with pytest.raises(ConfigError, match="several objectives"):
+        best_trial_folder(tmp_path / "pareto")
