@@ -241,8 +241,9 @@ def test_optimlab_sweep_report_agrees_with_the_study(tmp_path):
 
 def test_tied_best_values_name_the_same_trial_in_the_summary_trials_csv_and_the_report(tmp_path):
     """One rule for "the best trial" (optimlab.objective.best_trial): best value, ties to the
-    earliest trial, as Optuna's Study.best_trial; the sweeper's summary, trials.csv and
-    optimlab-report all name it, whatever order the tied trials finished in."""
+    earliest trial (Optuna's generic BaseStorage rule); the sweeper's summary, trials.csv and
+    optimlab-report all name it, whatever order the tied trials finished in (Optuna's
+    in-memory study.best_trial would name trial 4 here, the first of equals to finish)."""
     import optuna
     from optuna.trial import TrialState
 

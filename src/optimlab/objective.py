@@ -45,9 +45,10 @@ def best(items: Iterable[T], value: Callable[[T], Any], direction: str) -> T | N
 def best_trial(trials: Iterable[T], value: Callable[[T], Any], number: Callable[[T], Any], direction: str) -> T | None:
     """THE best trial of a sweep, for every place that names one (the sweeper's summary and
     log line, trials.csv, optimlab-report, ``optimlab.rerun <sweep folder>``): the best
-    finite objective value; ties go to the earliest trial (the lowest ``number``), as
-    Optuna's ``Study.best_trial`` picks them. ``trials``: the finished ones to choose from
-    (the sweeper: its COMPLETE trials; a folder: its completed runs)."""
+    finite objective value; ties go to the earliest trial (the lowest ``number``): Optuna's
+    generic ``BaseStorage.get_best_trial``, whatever the storage (its in-memory and RDB
+    storages break ties by finishing or database order). ``trials``: the finished ones to
+    choose from (the sweeper: its COMPLETE trials; a folder: its completed runs)."""
     return best(sorted(trials, key=number), value, direction)
 
 
