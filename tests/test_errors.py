@@ -320,3 +320,12 @@ def test_ctrl_c_saves_state_and_says_interrupted(tmp_path):
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + done
     assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("*.tmp")), "half-written files left"
+
+
+def test_a_tilde_path_gets_a_one_line_hint(tmp_path):
+    result = train_cli("data=image_folder", "data.root=~/pets", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hint: Hydra does not expand ~ in data.root=~/pets: write data.root=$HOME/pets (unquoted: the shell "
+        "expands $HOME) or an absolute path"
+    ), result.stderr[-2000:]

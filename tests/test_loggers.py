@@ -34,10 +34,13 @@ def test_csv_logger_rows_per_epoch_then_the_end(tmp_path):
     metrics = read_csv(tmp_path / "metrics.csv")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["epoch"] for r in rows] == ["1", "2", "end"]
+    header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)), header  # no column twice (the epoch's lr, the lr hyperparameter)
     for row, m in zip(rows, metrics):
         assert float(row["train/loss"]) == pytest.approx(float(m["train_loss"]), rel=1e-5)
         assert float(row["val/acc"]) == pytest.approx(float(m["val_acc"]), rel=1e-5)
-        assert row["lr"] == "0.05" and row["data"] == "synthetic"
+        assert float(row["lr"]) == pytest.approx(float(m["lr"]))  # the epoch's lr, as metrics.csv
+        assert row["hparam.lr"] == "0.05" and row["data"] == "synthetic"
     end = rows[-1]
     assert end["status"] == "completed"
     assert float(end["test/acc"]) == pytest.approx(summary["test"]["acc"])
@@ -264,6 +267,33 @@ def test_wandb_offline_run_folder(tmp_path, monkeypatch):
     assert wb["summary"]["test_weights"] == f"best epoch {summary['test']['epoch']}"
     assert wb["summary"]["objective"] == pytest.approx(summary["objective"]["value"])
     assert wb["exit"] is not None and wb["exit"].exit_code == 0
+
+
+def test_trackers_environment_variables_are_honoured_unless_the_config_sets_the_key(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI, WANDB_PROJECT and WANDB_DIR are used where conf/logger leaves the
+    key null (its default); a key set in the config wins over them."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    env_uri, config_uri = f"sqlite:///{tmp_path}/env.db", f"sqlite:///{tmp_path}/config.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_PROJECT", "from_env")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_env"))
+    overrides = ["logger=[mlflow,wandb]"]
+    run(compose_config([*SMALL, *overrides]), str(tmp_path / "env"), overrides=overrides)
+    assert [r.data.tags["optimlab.run_dir"] for r in mlflow_runs(env_uri)[1]] == [str(tmp_path / "env")]
+    assert not (tmp_path / "mlflow.db").exists() and not list((tmp_path / "env").glob("wandb"))
+    (record,) = (tmp_path / "wandb_env").glob("wandb/offline-run-*/run-*.wandb")
+    assert read_wandb(record)["run"].project == "from_env"
+
+    overrides = ["logger=[mlflow,wandb]", f"logger.mlflow.tracking_uri={config_uri}", "logger.wandb.project=mine",
+                 f"logger.wandb.dir={tmp_path / 'set'}"]  # fmt: skip
+    run(compose_config([*SMALL, *overrides]), str(tmp_path / "set"), overrides=overrides)
+    assert [r.data.tags["optimlab.run_dir"] for r in mlflow_runs(config_uri)[1]] == [str(tmp_path / "set")]
+    assert len(mlflow_runs(env_uri)[1]) == 1
+    (record,) = (tmp_path / "set").glob("wandb/offline-run-*/run-*.wandb")
+    assert read_wandb(record)["run"].project == "mine"
 
 
 # --------------------------------------------------------------------------- failing loggers

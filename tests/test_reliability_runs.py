@@ -297,19 +297,19 @@ def test_rerun_of_a_folder_whose_summary_is_not_json(ref, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_or_rerun_of_a_sweep_folder_says_how_to_resume_a_sweep(tmp_path):
+def test_resume_of_a_sweep_folder_says_how_to_resume_a_sweep(tmp_path):
+    """(A re-run of a sweep folder re-trains its best trial: test_rerun_sweep.py.)"""
     code, out = run("-m", *TINY, "data.image_size=8", "data.channels=1", "lr=0.01", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert code == 0, out[-3000:]
     sweep = tmp_path / "sweep"
     assert (sweep / "multirun.yaml").is_file()
     before = snapshot(sweep)
-    for how in ({"args": [f"resume={sweep}"]}, {"args": [str(sweep)], "module": "optimlab.rerun"}):
-        code, out = run(*how["args"], cwd=tmp_path, module=how.get("module"))
-        assert code == 2, out[-3000:]
-        line = one_line(out, "is a sweep folder")
-        # the sweep's command as this process was started (python /…/train.py), or train.py's
-        assert str(sweep) in line and re.search(r"run the same sweep command again \(python \S*train\.py -m", line)
-        assert "lr=0.01" in line
+    code, out = run(f"resume={sweep}", cwd=tmp_path)
+    assert code == 2, out[-3000:]
+    line = one_line(out, "is a sweep folder")
+    # the sweep's command as this process was started (python /…/train.py), or train.py's
+    assert str(sweep) in line and re.search(r"run the same sweep command again \(python \S*train\.py -m", line)
+    assert "lr=0.01" in line
     assert snapshot(sweep) == before
 
 

@@ -237,3 +237,51 @@ def test_optimlab_sweep_report_agrees_with_the_study(tmp_path):
     header = next(i for i, line in enumerate(lines) if line.startswith("#"))
     assert lines[header + 2].split()[1] == table[0]["run"]  # the table's first row is the best trial
     assert_png(sweep / "report.png")
+
+
+def test_tied_best_values_name_the_same_trial_in_the_summary_trials_csv_and_the_report(tmp_path):
+    """One rule for "the best trial" (optimlab.objective.best_trial): best value, ties to the
+    earliest trial (Optuna's generic BaseStorage rule); the sweeper's summary, trials.csv and
+    optimlab-report all name it, whatever order the tied trials finished in (Optuna's
+    in-memory study.best_trial would name trial 4 here, the first of equals to finish)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from optimlab.sweeping import summary
+
+    losses = {0: [1.0], 1: [0.5], 2: [2.0], 3: [0.9, 0.5], 4: [0.5]}  # trials 1, 3 and 4 tie at 0.5
+    study = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
+    trials = [study.ask() for _ in losses]  # asked in number order, finished in reverse: 4 first
+    for t in reversed(trials):
+        folder = tmp_path / f"trial_{t.number:04d}"
+        _fake_run(folder, [f"lr={t.number}"], losses[t.number])
+        t.set_user_attr("run_dir", str(folder))
+        study.tell(t, min(losses[t.number]), state=TrialState.COMPLETE)
+    results = summary.write_tables(study, tmp_path, ["lr=1"], "sqlite:///x.db")
+    assert results["best_trial"] == 1 and results["best_value"] == 0.5
+    assert summary.top_table(study, 3).splitlines()[2].split()[0] == "1"
+    with open(tmp_path / summary.TRIALS_FILE, newline="") as f:
+        assert [int(r["number"]) for r in csv.DictReader(f) if r["best"] == "True"] == [1]
+    text = report.report(tmp_path, plot=False)
+    assert "best: trial_0001 (val_loss 0.5000)" in text, text
+    runs, _, direction = report.collect(tmp_path)
+    assert [r.name for r in runs[:3]] == ["trial_0001", "trial_0003", "trial_0004"]
+
+
+def test_no_argument_reports_the_newest_sweep_folder_not_a_job_folder(tmp_path, monkeypatch, capsys):
+    import os
+
+    old = tmp_path / "multirun" / "2026-01-01" / "10-00-00"
+    _fake_run(old / "0", ["lr=0.1"], [1.0])
+    study = tmp_path / "multirun" / "lr_momentum_fast"  # a preset's sweep.dir: trials right under multirun/<study>
+    for n in range(3):
+        _fake_run(study / f"trial_{n:04d}", [f"lr={n}"], [1.0 + n])
+    for path in [old, old / "0", *(p for p in old.rglob("*"))]:
+        os.utime(path, (1, 1))  # the grid multirun is older
+    monkeypatch.chdir(tmp_path)
+    assert report.latest_multirun() == Path("multirun/lr_momentum_fast")
+    assert report.main(["--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("multirun/lr_momentum_fast: 3 runs") and "best: trial_0000" in out, out
+    _fake_run(tmp_path / "multirun" / "2026-01-02" / "09-00-00" / "0", ["lr=0.2"], [0.5])  # a newer sweep
+    assert report.latest_multirun() == Path("multirun/2026-01-02/09-00-00")

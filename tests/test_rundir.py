@@ -46,6 +46,11 @@ def test_train_py_writes_a_complete_run_folder(tmp_path):
     assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= ckpt.keys()
     log = (folder / "train.log").read_text()
     assert "epoch 2/2" in log and "test_acc" in log
+    # the folder is named once at the start and once at the very end
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    named = [i for i, line in enumerate(lines) if "run folder: " in line]
+    assert len(named) == 2 and named[-1] == len(lines) - 1, proc.stdout
+    assert all(lines[i].endswith(f"run folder: {folder}") for i in named)
 
 
 def test_two_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
@@ -73,6 +78,7 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
     assert len(folders) == 2
     optimizers = {json.loads((f / "summary.json").read_text())["overrides"][-1] for f in folders}
     assert optimizers == {"optimizer=sgd", "optimizer=adam"}
+    assert "run folder: " not in proc.stdout + proc.stderr  # no per-job lines in a multirun
 
 
 def test_readme_shows_the_run_and_test_commands_first():
@@ -81,3 +87,31 @@ def test_readme_shows_the_run_and_test_commands_first():
     lines = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert lines[0].startswith("uv run python train.py")
     assert lines[1] == "uv run pytest"
+
+
+def test_a_grid_multirun_job_that_diverges_is_one_line_and_the_others_run(tmp_path):
+    proc = train_cli("-m", *TINY, "data.image_size=8", "data.channels=1", "lr=1e9,0.1", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    diverged, completed = sorted(run_dirs(tmp_path, "multirun/*/*/*"))
+    statuses = [json.loads((f / "summary.json").read_text())["status"] for f in (diverged, completed)]
+    assert statuses == ["diverged", "completed"]  # the job after the diverged one still ran
+    assert proc.stderr.strip().splitlines()[-1] == f"error: 1 job of the multirun failed: {diverged} (diverged)"
+    assert sum("training diverged" in line for line in out.splitlines()) == 1
+
+
+def test_help_lists_the_groups_and_the_knobs_with_their_defaults(tmp_path):
+    from conftest import compose_config
+
+    proc = train_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert text.startswith("optimlab: ") and "== Config groups (group=option) ==" in text
+    for group in ("model", "optimizer", "scheduler", "device", "data", "logger", "sweep", "debug", "experiment"):
+        assert f"\n{group}: " in text, group  # Hydra's list of the options
+    cfg = compose_config()
+    for knob in ("lr", "momentum", "weight_decay", "epochs", "batch_size", "seed", "deterministic", "precision",
+                 "compile", "test_on", "resume"):  # fmt: skip
+        shown = str(cfg[knob]).lower() if isinstance(cfg[knob], bool) else str(cfg[knob])
+        assert f"  {knob}={shown} " in text, knob  # the default as conf/config.yaml has it
+    assert "data.root=$HOME/pets" in text and not list(tmp_path.iterdir())  # nothing written

@@ -6,6 +6,7 @@ compose (Hydra) → check once → run → the objective back to Hydra (and a sw
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import hydra
@@ -14,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import CONFIG_DIR, CONFIG_NAME, resolvers, validate
-from optimlab.config.hints import suggest_overrides
+from optimlab.config.hints import home_hints, suggest_overrides
 from optimlab.errors import OptimlabError, StorageError
 from optimlab.run import signals
 
@@ -49,7 +50,13 @@ def train(cfg: DictConfig) -> float:
             from optimlab.run.runner import run
 
             started = True
-            return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=TrialLink.from_env())
+            # a single run names its folder first and last (a sweep's trials: only in their own log)
+            say = log.debug if hc.mode == RunMode.MULTIRUN else log.info
+            say("run folder: %s", run_dir)
+            try:
+                return run(cfg, run_dir, overrides, callbacks=trial_callbacks(cfg), resume=plan, sweep=TrialLink.from_env())
+            finally:
+                say("run folder: %s", run_dir)
     except OptimlabError as e:
         # a resume's new folder says why it holds no run; a folder with results is never touched
         if not started and cfg.get("resume") not in (None, resume.AUTO) and not folder.holds_results():
@@ -57,7 +64,7 @@ def train(cfg: DictConfig) -> float:
 
             record_error(cfg, run_dir, overrides, e)
         if hc.mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the failure and goes on
+            return _job_failed(hc, run_dir, e)  # the sweeper records the failure and goes on
         if isinstance(e, StorageError):
             logging.raiseExceptions = False  # a full disk must not add a log handler's traceback to the line
         log.error("%s", e)  # one clear line, no traceback wall
@@ -72,6 +79,32 @@ def train(cfg: DictConfig) -> float:
         # the runner has already saved the state and written summary.json
         log.error("%s (%s): state saved in %s (summary.json status: %s)", status, signals.SAID[status], run_dir, status)
         sys.exit(signals.EXIT_CODES[status])
+
+
+# a grid multirun's failed jobs (Hydra's basic sweeper and launcher, in this process): its last line
+FAILED_JOBS: list[tuple[str, OptimlabError]] = []
+
+
+def _job_failed(hc, run_dir: str, error: OptimlabError) -> float:
+    """A multirun job ended on ``error``. An Optuna sweeper records it as a failed trial and
+    goes on: re-raised for it. Hydra's basic sweeper would stop at the first failed job's
+    traceback once the batch is done: the job says why in one line instead, the other jobs
+    run, and :func:`main` ends the multirun with one line and the first failure's exit code."""
+    basic = str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+    if not basic or not str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        raise error
+    log.error("%s (%s)", error, run_dir)
+    FAILED_JOBS.append((run_dir, error))
+    return math.nan
+
+
+def _report_failed_jobs() -> None:
+    failed = FAILED_JOBS[:]
+    FAILED_JOBS.clear()
+    if failed:
+        where = "; ".join(f"{path} ({e.status})" for path, e in failed)
+        sys.stderr.write(f"error: {len(failed)} job{'s' if len(failed) > 1 else ''} of the multirun failed: {where}\n")
+        sys.exit(failed[0][1].exit_code)
 
 
 # what to do when the optimizer does not read a knob set on the command line
@@ -110,17 +143,20 @@ def main() -> None:
     uses only Hydra's public compose/parser API and costs nothing when the command is fine.
     """
     resolvers.register()
+    FAILED_JOBS.clear()
     try:
         hydra_main()
     except SystemExit as e:
         if e.code == 1:  # Hydra's own error exit (optimlab's errors exit 2, signals 130/143)
+            hints = home_hints(sys.argv[1:])
             try:
-                hints = suggest_overrides(sys.argv[1:], CONFIG_DIR)
+                hints += suggest_overrides(sys.argv[1:], CONFIG_DIR)
             except Exception:  # a hint must never hide Hydra's message
-                hints = []
+                pass
             for line in hints:
                 sys.stderr.write(line + "\n")
         raise
+    _report_failed_jobs()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,21 @@ def best(items: Iterable[T], value: Callable[[T], Any], direction: str) -> T | N
     return found
 
 
+def best_trial(trials: Iterable[T], value: Callable[[T], Any], number: Callable[[T], Any], direction: str) -> T | None:
+    """THE best trial of a sweep, for every place that names one (the sweeper's summary and
+    log line, trials.csv, optimlab-report, ``optimlab.rerun <sweep folder>``): the best
+    finite objective value; ties go to the earliest trial (the lowest ``number``): Optuna's
+    generic ``BaseStorage.get_best_trial``, whatever the storage (its in-memory and RDB
+    storages break ties by finishing or database order). ``trials``: the finished ones to
+    choose from (the sweeper: its COMPLETE trials; a folder: its completed runs)."""
+    return best(sorted(trials, key=number), value, direction)
+
+
+def trial_order(value: Any, number: Any, direction: str) -> tuple:
+    """Sort key of :func:`best_trial`'s rule: best value first, ties by trial number."""
+    return (rank_key(value, direction), number)
+
+
 def rank_key(value: Any, direction: str) -> float:
     """Sort key that puts the best value first and non-finite values last."""
     if not is_finite(value):

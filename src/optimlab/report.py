@@ -1,7 +1,7 @@
 """Summarize a multirun folder: one table row per run, sorted by the objective.
 
     uv run python -m optimlab.report multirun/2025-01-01/12-00-00_ab12cd
-    optimlab-report                      # the newest folder under ./multirun
+    optimlab-report                      # the newest sweep folder under ./multirun
 
 Reads run folders only (``summary.json``, ``metrics.csv``, ``.hydra/``), so it works
 for grid multiruns (job folders ``0``, ``1``, ...), Optuna sweeps (``trial_NNNN`` or job
@@ -33,7 +33,7 @@ from optimlab.engine.metrics import SECONDS, VAL_ACC, VAL_LOSS
 from optimlab.files import atomic_write_text
 from optimlab.observe.plots import plot_comparison
 from optimlab.observe.tables import render
-from optimlab.run.folder import RunFolder, run_folders_under
+from optimlab.run.folder import RunFolder, is_sweep_folder, run_folders_under
 
 REPORT_CSV = "report.csv"
 REPORT_PNG = "report.png"
@@ -157,19 +157,19 @@ def collect(root: Path) -> tuple[list[Run], str, str]:
     for run in runs:
         if (run.metric, run.direction) != (metric, direction):
             score(run, metric, direction)  # rank every run by the same yardstick
-    # ties (several runs at val_acc 1.0) go to the better other metric at the best epoch
-    other = VAL_LOSS if metric != VAL_LOSS else VAL_ACC
-    other_direction = objectives.EPOCH_METRICS[other]
-
+    # ties go to the earliest run (trial number, job number): the sweeper's one rule
     def order(r: Run):
-        return (
-            objectives.rank_key(r.value, direction),
-            objectives.rank_key(r.best.get(other), other_direction),
-            natural_key(r.name),
-        )
+        return objectives.trial_order(r.value, natural_key(r.name), direction)
 
     runs.sort(key=order)
     return runs, metric, direction
+
+
+def best_run(runs: list[Run], direction: str) -> Run | None:
+    """The best completed run, by the sweeper's rule (:func:`optimlab.objective.best_trial`:
+    best value, ties to the earliest trial); a pruned or failed run is never the best."""
+    done = [r for r in runs if r.status == "completed"]
+    return objectives.best_trial(done, lambda r: r.value, lambda r: natural_key(r.name), direction)
 
 
 def sort_pareto(runs: list[Run], metrics: tuple[str, ...], directions: tuple[str, ...]) -> list[Run]:
@@ -319,8 +319,15 @@ def write_plot(runs: list[Run], metric: str, params: list[str], path: Path, top:
 
 
 def latest_multirun(base: Path = Path("multirun")) -> Path | None:
-    sweeps = [p for p in base.glob("*/*") if p.is_dir()]
-    return max(sweeps, key=lambda p: p.stat().st_mtime) if sweeps else None
+    """The newest sweep folder under ``base`` (``multirun/<date>/<time>``, or a preset's
+    ``multirun/<study>``), never one of its job folders (``…/trial_0007``): by the time its
+    newest run folder was last written."""
+    sweeps = [p for p in (*base.glob("*"), *base.glob("*/*")) if is_sweep_folder(p)]
+
+    def newest(sweep: Path) -> float:
+        return max((p.stat().st_mtime for p in (sweep, *run_folders_under(sweep))), default=0.0)
+
+    return max(sweeps, key=newest) if sweeps else None
 
 
 def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True) -> str:
@@ -349,13 +356,13 @@ def report(root: Path, out: Path | None = None, top: int = 8, plot: bool = True)
         png = write_plot(runs, "Pareto front" if metrics else metric, params, out / REPORT_PNG, top, title)
         if png:
             written.append(png)
-    best = runs[0]
+    best = best_run(runs, direction)
     front = [r for r in runs if r.pareto]
     if metrics:
         lines.append(f"Pareto-optimal: {len(front)} of {len(runs)} runs: {', '.join(r.name for r in front) or '-'}")
         for run in front[:top]:
             lines.append(f"  {run.name}: again: python train.py {shlex.join(run.overrides)}")
-    elif best.value is not None:
+    elif best is not None:
         lines.append(f"best: {best.name} ({metric} {best.value:.4f}); again: python train.py {shlex.join(best.overrides)}")
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="optimlab-report", description="Table, report.csv and report.png of a multirun (sweep) folder."
     )
-    parser.add_argument("folder", nargs="?", type=Path, help="multirun folder (default: the newest under ./multirun)")
+    parser.add_argument("folder", nargs="?", type=Path, help="multirun folder (default: the newest sweep folder under ./multirun)")
     parser.add_argument("--top", type=int, default=8, help="runs drawn in report.png (default 8)")
     parser.add_argument("--out", type=Path, help="where report.csv/report.png go (default: the folder)")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = args.folder or latest_multirun()
     if folder is None:
-        parser.error("no folder given and none under ./multirun")
+        parser.error("no folder given and no sweep folder under ./multirun")
     if not folder.is_dir():
         parser.error(f"{folder} is not a folder")
     text = report(folder, out=args.out, top=args.top, plot=not args.no_plot)

@@ -17,6 +17,19 @@ def closest(word: str, candidates) -> str | None:
     return found[0] if found else None
 
 
+def home_hints(args: list[str]) -> list[str]:
+    """A value starting with ``~`` (``data.root=~/pets``): Hydra's override lexer rejects it
+    and the shell does not expand it there (``data.root`` is no shell variable name)."""
+    lines = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("-") and value.lstrip("'\"").startswith("~"):
+            rest = value.lstrip("'\"")[1:].rstrip("'\"")
+            lines.append(f"hint: Hydra does not expand ~ in {arg}: write {key}=$HOME{rest} (unquoted: the shell "
+                         f"expands $HOME) or an absolute path")  # fmt: skip
+    return lines
+
+
 def suggest_overrides(args: list[str], config_dir: str, config_name: str = "config") -> list[str]:
     """"did you mean ..." lines for command-line overrides that name an unknown group option,
     group or key, judged against the config as Hydra composes it. Runs after Hydra has

@@ -80,13 +80,14 @@ class CheckpointSchema:
 WANDB_MODES = ("offline", "online", "disabled", "shared")
 LOGGER_RULES = {
     "WandbLogger": {
-        "mode": (f"one of {', '.join(WANDB_MODES)}", lambda v: v in WANDB_MODES),
-        "project": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        # null (the default): W&B's own WANDB_MODE / WANDB_PROJECT, else offline / optimlab
+        "mode": (f"one of {', '.join(WANDB_MODES)}", lambda v: v is None or v in WANDB_MODES),
+        "project": ("a non-empty string", lambda v: v is None or isinstance(v, str) and bool(v)),
     },
     "MLflowLogger": {
         "tracking_uri": (
-            "a tracking URI: sqlite:///<file>, file:<folder>, http(s)://<host>",
-            lambda v: isinstance(v, str) and bool(v),
+            "a tracking URI: sqlite:///<file>, file:<folder>, http(s)://<host>",  # null: $MLFLOW_TRACKING_URI
+            lambda v: v is None or isinstance(v, str) and bool(v),
         ),
         "experiment": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
         "http_retries": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),

@@ -135,7 +135,8 @@ def test_weights(summary: dict[str, Any]) -> str | None:
 
 class CSVLogger:
     """One CSV file of the run: a row per epoch (the scalars, under their tags, and the
-    hyperparameters), then a last row with ``epoch=end``, the status and the test metrics.
+    hyperparameters; one named like a scalar column, e.g. ``lr``, is ``hparam.lr``), then a
+    last row with ``epoch=end``, the status and the test metrics.
     Rows of many runs concatenate into one long table (``run`` is the folder's name).
 
     The file is the run folder's (``run.folder`` names, reads and writes it; each write
@@ -143,12 +144,14 @@ class CSVLogger:
 
     def __init__(self, run: RunContext):
         self.folder = folder = run.folder
-        self.hparams = dict(run.hparams)
         self.run = run.log_dir.name
         self.objectives = Objectives(run.objectives)
         start_epoch = run.start_epoch
-        self.columns = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
-                        *TEST_TAGS.values(), *TEST_LAST_TAGS.values(), "test_weights", *self.hparams]  # fmt: skip
+        own = ["run", "epoch", *LOGGER_TAGS.values(), *dict.fromkeys(self.objectives.tags.values()), "status",
+               *TEST_TAGS.values(), *TEST_LAST_TAGS.values(), "test_weights"]  # fmt: skip
+        # a hyperparameter named like a scalar (lr: the epoch's scheduled lr) is hparam.<name>: one column each
+        self.hparams = {f"hparam.{k}" if k in own else k: v for k, v in run.hparams.items()}
+        self.columns = list(dict.fromkeys([*own, *self.hparams]))
         old = folder.read_log_table() if start_epoch else []  # resumed: keep the rows up to the checkpoint
         self.rows = [r for r in old if r.get("epoch", "end") != "end" and int(r["epoch"]) <= start_epoch]
         self._write()
@@ -174,6 +177,7 @@ class CSVLogger:
 
 # --------------------------------------------------------------------------- MLflow
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # tracking_uri: null and no MLFLOW_TRACKING_URI
 MLFLOW_STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "preempted": "KILLED", "pruned": "KILLED"}
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
 
@@ -184,7 +188,8 @@ class MLflowLogger:
     metrics and the objective at the end, and the status (FINISHED, FAILED, KILLED).
 
     ``tracking_uri``: ``sqlite:///mlflow.db`` (the local database ``mlflow ui`` reads), a
-    ``file:`` folder, or a tracking server's ``http://`` address. ``experiment``: where the
+    ``file:`` folder, or a tracking server's ``http://`` address; None (the default): MLflow's
+    own ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db``. ``experiment``: where the
     runs go. A sweep's trials are nested runs (MLflow's ``mlflow.parentRunId`` tag) of one
     parent run per study, named after the study, which holds the study's best objective so far:
     the UI shows a sweep as one expandable row, the way MLflow's own tuning examples do.
@@ -197,9 +202,10 @@ class MLflowLogger:
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` in the environment win over them.
     """
 
-    def __init__(self, run: RunContext, tracking_uri: str = "sqlite:///mlflow.db",
+    def __init__(self, run: RunContext, tracking_uri: str | None = None,
                  experiment: str = "optimlab", run_name: str | None = None, tags: dict | None = None,
                  http_retries: int = 2, http_timeout: float = 10):  # fmt: skip
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(http_retries)))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(http_timeout)))
@@ -309,18 +315,23 @@ class WandbLogger:
 
     ``mode: offline`` (the default) needs no account: the run is written under
     ``<run folder>/wandb/offline-run-*`` and ``wandb sync <that folder>`` uploads it later.
-    W&B's own environment variables (``WANDB_MODE``, ``WANDB_PROJECT``, ...) work as usual.
+    W&B's own environment variables (``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_DIR``,
+    ``WANDB_ENTITY``, ...) are honoured where the config leaves a key null (its default); a
+    key set in the config wins. ``dir`` null and no ``WANDB_DIR``: the run folder.
     """
 
-    def __init__(self, run: RunContext, project: str = "optimlab", entity: str | None = None,
-                 mode: str | None = "offline", group: str | None = None, job_type: str | None = None,
-                 name: str | None = None, tags: list | None = None):  # fmt: skip
+    def __init__(self, run: RunContext, project: str | None = None, entity: str | None = None,
+                 mode: str | None = None, group: str | None = None, job_type: str | None = None,
+                 name: str | None = None, tags: list | None = None, dir: str | None = None):  # fmt: skip
         import wandb
 
         self.wandb = wandb
         trial = run.trial
+        env = os.environ
         self.run = wandb.init(
-            project=project, entity=entity, mode=mode, dir=str(run.log_dir), config=dict(run.hparams),
+            project=project or env.get("WANDB_PROJECT") or "optimlab", entity=entity,
+            mode=mode or env.get("WANDB_MODE") or "offline", dir=str(dir or env.get("WANDB_DIR") or run.log_dir),
+            config=dict(run.hparams),
             group=group or (trial.study if trial else None), job_type=job_type or ("trial" if trial else "train"),
             name=name or run.log_dir.name, tags=[str(t) for t in tags or []],
             reinit="create_new",

@@ -1,6 +1,8 @@
 """Re-run any run from its folder: ``python -m optimlab.rerun <run folder> [key=value ...]``.
 
-Works for a single run and for one trial of a sweep. The new run trains from scratch
+Works for a single run, for one trial of a sweep, and for a sweep folder: then it re-trains
+the study's best trial (:func:`optimlab.objective.best_trial`) with plots and TensorBoard
+back on. The new run trains from scratch
 into a NEW folder with exactly the config the original used — its resolved job config
 (``.hydra/config.yaml``, or for a resumed run the config in its checkpoint), so later
 edits of ``conf/`` do not leak in — and with Hydra's own settings of the original
@@ -8,7 +10,9 @@ edits of ``conf/`` do not leak in — and with Hydra's own settings of the origi
 ``key=value`` overrides apply on top (e.g. ``seed=1`` to check a result's spread).
 
 The new folder's ``summary.json`` records ``rerun_of``; a warning is logged when the code
-(git commit, dirty flag) or library versions differ from the original's.
+(git commit, dirty flag) or library versions differ from the original's. The original's CPU
+thread count (summary.json's ``device.threads``) is restored, so a sweep worker's trial
+re-runs bit-exactly; what cannot match here (another GPU) is one line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import re
 import shlex
 import sys
 import tempfile
@@ -28,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import resolvers
 from optimlab.errors import ConfigError, OptimlabError
-from optimlab.run.folder import UNREADABLE, RunFolder, is_sweep_folder
+from optimlab.run.folder import UNREADABLE, RunFolder, is_sweep_folder, run_folders_under
 from optimlab.run.provenance import git_info, versions
 
 log = logging.getLogger("optimlab.rerun")
@@ -39,6 +45,9 @@ RERUN_CONFIG_NAME = "optimlab_rerun"  # the saved config, written to a temp fold
 HYDRA_JOB_KEYS = ("name", "chdir", "env_set", "env_copy", "config")
 HYDRA_KEYS = ("job_logging", "hydra_logging", "verbose", "output_subdir")
 HYDRA_GROUPS = ("hydra/job_logging", "hydra/hydra_logging")
+# a sweep preset's switches that only save its time (no numbers depend on them): the best
+# trial's re-run from a sweep folder puts them back to conf/config.yaml's defaults
+SWEEP_SWITCHES = {"plots": "true", "tensorboard": "true"}
 
 
 def job_config(folder: RunFolder) -> DictConfig:
@@ -94,6 +103,61 @@ def new_run_dir(pattern: str) -> Path:
     return path
 
 
+def best_trial_folder(sweep: Path) -> Path:
+    """The run folder of a sweep's best trial, by optimlab's one rule
+    (:func:`optimlab.objective.best_trial`): best value among its completed runs, ties to the
+    earliest trial; from the run folders' summary.json alone (any sweeper, a grid multirun)."""
+    from optimlab.objective import best_trial
+
+    found = []
+    for path in run_folders_under(sweep):
+        summary = RunFolder(path, create=False).summary()
+        goal = summary.get("objective") or {}
+        if summary.get("status") == "completed" and goal.get("value") is not None:
+            found.append((path, goal))
+    if not found:
+        raise ConfigError(f"{sweep} has no completed trial to re-run (yet); give one trial's folder to re-run it")
+    if any(goal.get("values") is not None for _, goal in found):
+        raise ConfigError(f"{sweep} has several objectives (a Pareto front, no one best trial): give the folder of "
+                          f"one of its Pareto-optimal trials (optimization_results.yaml's solutions)")  # fmt: skip
+    direction = str(found[0][1].get("direction") or "maximize")
+    number = lambda item: _natural(str(item[0].relative_to(sweep)))  # noqa: E731 - trial_0007 -> 7
+    return best_trial(found, lambda item: item[1]["value"], number, direction)[0]
+
+
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def restore_numerics(summary: Any) -> list[str]:
+    """Set what the original's summary says decides its numbers besides the config: the CPU
+    thread count (a sweep's worker ran with cores/N threads; a sum over threads rounds
+    differently); one line each for what a re-run here cannot match."""
+    import torch
+
+    if not isinstance(summary, dict):
+        return []
+    device = summary.get("device") or {}
+    notes = []
+    threads = device.get("threads")
+    if device.get("type") == "cpu" and isinstance(threads, int) and threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        log.info("rerun: %d CPU threads, as the original", threads)
+    if device.get("type") not in (None, "cpu") and device.get("name") and device.get("name") != _device_name(device["type"]):
+        notes.append(f"the original ran on {device['name']}, this machine has {_device_name(device['type']) or 'none'}: "
+                     f"the numbers may differ in the last bits")  # fmt: skip
+    return notes
+
+
+def _device_name(kind: str) -> str | None:
+    import torch
+
+    if kind == "cuda":
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return "Apple MPS" if kind == "mps" and torch.backends.mps.is_available() else None
+
+
 def provenance_warnings(summary: Any) -> list[str]:
     if not isinstance(summary, dict) or not summary:
         return ["the original has no summary.json: cannot compare code and library versions"]
@@ -127,10 +191,11 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
     try:
         if not original.path.is_dir():
             raise ConfigError(f"run folder {args.run_dir} does not exist")
-        if is_sweep_folder(original.path):
-            from optimlab.run.resume import sweep_folder_message
-
-            raise ConfigError(sweep_folder_message(original.path, "re-run"))
+        extra: list[str] = []
+        if is_sweep_folder(original.path):  # the study's best trial, with its plots back on
+            original = RunFolder(best_trial_folder(original.path), create=False)
+            extra = [f"{key}={default}" for key, default in SWEEP_SWITCHES.items()]
+            log.info("rerun: the best trial of %s is %s", args.run_dir, original.path.name)
         summary = original.read_summary()
         if summary is UNREADABLE:
             raise ConfigError(
@@ -145,13 +210,13 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
         print(f"error: cannot read the config of {original.path}: {e}", file=sys.stderr)
         return 2
     hydra_node, groups = hydra_settings(original)
-    for warning in provenance_warnings(summary):
+    for warning in provenance_warnings(summary) + restore_numerics(summary):
         log.warning("rerun: %s", warning)
 
     with tempfile.TemporaryDirectory(prefix="optimlab-rerun-") as tmp, hydra_context(tmp):
         primary = OmegaConf.create({**OmegaConf.to_container(job, resolve=False), "hydra": hydra_node})
         (Path(tmp) / f"{RERUN_CONFIG_NAME}.yaml").write_text(OmegaConf.to_yaml(primary))
-        cfg = compose([*groups, *args.overrides])
+        cfg = compose([*groups, *extra, *args.overrides])
         if args.print:
             print(OmegaConf.to_yaml({k: v for k, v in cfg.items() if k != "hydra"}))
             return 0

@@ -64,6 +64,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     names = sorted({p for t in trials for p in t.params})
     multi = len(study.directions) > 1
     front = pareto_numbers(study)
+    top = _best(study) if not multi else None
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         a = t.user_attrs
@@ -73,7 +74,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 "number": t.number,
                 "state": t.state.name,
                 **_value_columns(study, t),
-                **({"pareto": t.number in front} if multi else {}),
+                **({"pareto": t.number in front} if multi else {"best": top is not None and t.number == top.number}),
                 **{p: t.params.get(p) for p in names},
                 "status": a.get("status", ""),
                 "best_epoch": a.get("best_epoch", ""),
@@ -203,10 +204,12 @@ def finalize(study, sweep_dir: Path, base_overrides: list[str], storage: str, *,
 
 
 def _best(study):
-    try:
-        return study.best_trial
-    except ValueError:  # no COMPLETE trial yet
-        return None
+    """The study's best trial by optimlab's one rule (:func:`optimlab.objective.best_trial`);
+    None: no COMPLETE trial yet."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return objective.best_trial(complete, lambda t: t.value, lambda t: t.number, study.direction.name.lower())
 
 
 def _pareto_sorted(study) -> list:
@@ -284,7 +287,7 @@ def top_table(study, k: int) -> str:
     if not complete:
         return "no completed trial"
     direction = study.direction.name.lower()
-    complete.sort(key=lambda t: objective.rank_key(t.value, direction))
+    complete.sort(key=lambda t: objective.trial_order(t.value, t.number, direction))
     names = sorted({p for t in complete for p in t.params})
     header = ["#", "value", *names, "best_epoch", "run_dir"]
     rows = [
