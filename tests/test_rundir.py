@@ -86,7 +86,10 @@ def test_readme_shows_the_run_and_test_commands_first():
     first_block = text.split("```bash", 1)[1].split("```", 1)[0]
     lines = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert lines[0].startswith("uv run python train.py")
-    assert lines[1] == "uv run pytest"
+    assert lines[1] == 'uv run pytest -n 2 -m "not slow"'  # the fast tier
+    assert lines[2] == "uv run pytest -n 2"  # the full suite ...
+    ci = [line.split("#")[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci[-1] == lines[2]  # ... is what CI runs
 
 
 def test_a_grid_multirun_job_that_diverges_is_one_line_and_the_others_run(tmp_path):
