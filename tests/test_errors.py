@@ -7,18 +7,16 @@ caught before torch is even imported, so each costs about a second.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONF_DIR, ROOT, TINY, TRAIN_PY, compose_config, train_cli
+from conftest import CONF_DIR, ROOT, TINY, compose_config, start_python, train_cli
 from optimlab.config import validate
 from optimlab.errors import ConfigError
 
@@ -289,11 +287,7 @@ def test_divergence_stops_with_status_diverged(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_state_and_says_interrupted(tmp_path):
     args = [*TINY, "epochs=1000", "data.train_size=512", "checkpoint.every=1", "plots=false"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_PY), *args], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = start_python(*args, cwd=tmp_path)  # a real process: SIGINT from outside
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("outputs/*/*/checkpoint.pt")):

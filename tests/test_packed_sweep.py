@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import train_cli
+from conftest import run_in_process, train_cli
 
 from optimlab.config.sweeps import check_pack
 from optimlab.errors import SweepConfigError
@@ -207,8 +207,7 @@ def test_a_packed_trial_folder_resumes_and_reruns_as_a_solo_run(sweeps):
     assert summary["epochs_completed"] == EPOCHS + 1
     assert summary["resumed_from"]["epoch"] == EPOCHS
     # re-run from its folder alone, from scratch: the numbers the trial had in its pack
-    proc = subprocess.run([sys.executable, "-m", "optimlab.rerun", str(source), "hydra.run.dir=outputs/rerun"],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = run_in_process([str(source), "hydra.run.dir=outputs/rerun"], cwd=cwd, module="optimlab.rerun")
     ok(proc)
     rerun = json.loads((cwd / "outputs" / "rerun" / "summary.json").read_text())
     assert rerun["status"] == "completed"

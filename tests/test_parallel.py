@@ -10,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from conftest import TRAIN_PY
+from conftest import TRAIN_PY, finish, start_python
 from hydra import compose, initialize_config_dir
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -34,14 +34,12 @@ def check_study(study, tmp_path, name, n):
 @pytest.mark.slow
 def test_three_hosts_share_one_postgresql_study(tmp_path, postgres_url):  # noqa: F811
     # the same command started three times (as on three machines) joins one study
-    args = [sys.executable, str(TRAIN_PY), "-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/pg",
+    args = ["-m", "hydra/sweeper=optimlab", "hydra.sweep.dir=multirun/pg",
             *SWEEP_TINY, *FAST, f"hydra.sweeper.storage='{postgres_url}'", "hydra.sweeper.study_name=pg3",
             "hydra.sweeper.n_trials=12"]  # fmt: skip
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(3)]  # fmt: skip
-    outs = [p.communicate(timeout=400)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    procs = [start_python(*args, cwd=tmp_path) for _ in range(3)]
+    for code, out in [finish(p, timeout=400) for p in procs]:
+        assert code == 0, out[-3000:]
     study = optuna.load_study(study_name="pg3", storage=open_storage(postgres_url))
     check_study(study, tmp_path, "pg", 12)
     assert len({t.user_attrs["session"] for t in study.trials}) == 3  # all three took part

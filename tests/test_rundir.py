@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import torch
 
-from conftest import ROOT, TINY, TRAIN_PY, run_dirs, train_cli
+from conftest import ROOT, TINY, finish, run_dirs, start_python, train_cli
 from optimlab.engine.training import METRIC_COLUMNS as METRICS_COLUMNS
 
 
@@ -57,13 +55,11 @@ def test_two_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
     # Pin the time part of the folder name so only optimlab's unique id can keep them apart.
     args = [*TINY, "hydra.run.dir=outputs/same/${now:%Y-%m-%d}_${optimlab.uid:}"]
     procs = [
-        subprocess.Popen([sys.executable, str(TRAIN_PY), *args], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for _ in range(2)
+        start_python(*args, cwd=tmp_path) for _ in range(2)  # two real processes at once
     ]
     for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+        code, out = finish(p)
+        assert code == 0, out[-3000:]
     folders = run_dirs(tmp_path, "outputs/same/*")
     assert len(folders) == 2
     for folder in folders:
