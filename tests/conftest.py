@@ -1,11 +1,16 @@
-"""Shared test helpers: Hydra compose, tiny configs, and real `python train.py` subprocesses."""
+"""Shared test helpers: Hydra compose, tiny configs, `python train.py` in this process (Hydra's own
+main) and, where a process boundary is under test, real subprocesses."""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -90,14 +95,8 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     ``cwd``: argv, environment, working folder and output are its own for the call, and
     everything a run changes in this process (logging, Hydra's global state, torch's
     switches) is put back afterwards. The exit code is what the process would exit with."""
-    import io
-    import logging
-    import traceback
-
     import torch
     from hydra.core.global_hydra import GlobalHydra
-
-    import runpy
 
     if module:
         def main():
@@ -121,7 +120,8 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     code = 0
     os.environ.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     os.chdir(cwd)
-    sys.argv = [module or script or str(TRAIN_PY), *map(str, args)]
+    argv = [module or script or str(TRAIN_PY), *map(str, args)]
+    sys.argv = list(argv)
     sys.stdout, sys.stderr = out, err
     try:
         with _interpreter_warnings(err):
@@ -144,7 +144,7 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
         logging.raiseExceptions = saved_raise
         torch.set_num_threads(saved_torch[0])
         torch.use_deterministic_algorithms(saved_torch[1])
-    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager
@@ -162,8 +162,6 @@ def _interpreter_warnings(stream):
 
 
 def _loggers():
-    import logging
-
     return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
 
 
