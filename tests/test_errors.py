@@ -1,7 +1,7 @@
 """Bad input gets one clear error before any training, and nothing misleading is left behind.
 
-Every case is a real ``python train.py ...`` (or ``-m``) subprocess. Config mistakes are
-caught before torch is even imported, so each costs about a second.
+Every case is ``python train.py ...`` (or ``-m``), run by Hydra's own main in the test's
+process (``conftest.train_cli``); Ctrl-C is a real SIGINT to a real process.
 """
 
 from __future__ import annotations

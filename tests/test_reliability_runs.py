@@ -1,8 +1,9 @@
 """Single runs on a real cluster: SIGTERM, requeue into the same folder, one owner per run
 folder, umask permissions, and one-line errors for folders that cannot be written.
 
-Every run is a real ``python train.py`` (or ``python -m optimlab.rerun``) subprocess and
-every signal a real ``os.kill``. A run is stopped at a known training step by
+A run that a fault hook stops or kills, or that needs its own umask, is a real ``python
+train.py`` subprocess, and every signal a real ``os.kill``; the runs that continue them run
+in the test's process. A run is stopped at a known training step by
 ``tests/faults/sitecustomize.py`` (``OPTIMLAB_PAUSE_AT``): it writes a file and waits, so
 the test acts on an observable event, never after a guessed sleep. Disk-full and
 read-only folders are real tmpfs mounts (root only; skipped elsewhere).

@@ -1,4 +1,5 @@
-"""Run folders: a real `python train.py` writes a self-describing folder; runs never share one."""
+"""Run folders: `python train.py` writes a self-describing folder; runs never share one (two
+real processes started in the same second)."""
 
 from __future__ import annotations
 
