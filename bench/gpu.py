@@ -299,6 +299,8 @@ def main(argv: list[str]) -> None:
     phase(f"sweeps pack={wide} and pack=1, {args['sweep_trials']} trials each", t0)
     elapsed = time.perf_counter() - t_start
     print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; took {elapsed:.0f} s")
+    if elapsed > 480 and not args["quick"]:
+        print(f"# took {elapsed:.0f} s, over the 8 minutes this command is sized for: smaller sizes next time")
 
     lines = table(device, args, ceiling, speeds, pack_rows, sweeps)
     print()
