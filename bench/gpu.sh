@@ -1,0 +1,2 @@
+#!/bin/bash
+uv run python "$(dirname "$0")/gpu.py" "$@"
