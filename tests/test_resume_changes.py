@@ -79,3 +79,15 @@ def test_a_folder_saved_before_data_targets_with_an_unknown_dataset_is_one_line(
     message = str(e.value)
     assert "\n" not in message and "data._target_" in message and "my_old_dataset" in message
     assert not (tmp_path / "resumed").exists()  # refused before any work
+
+
+def test_a_run_of_a_preset_resumes_with_the_presets_own_override(tmp_path):
+    """A sweep's continuation passes the trial's overrides again, `sweep=<preset>` among them:
+    a group of the _global_ package is no key of the config, so it changes nothing to compare."""
+    preset = [*BASE, "sweep=lr_momentum_fast"]
+    source = tmp_path / "source"
+    run(compose_config(preset), str(source))
+    args = [f"resume={source}", "epochs=2", "sweep=lr_momentum_fast"]
+    plan = prepare(compose_config([*BASE, *args]), args)
+    assert "sweep" not in plan.config and plan.config.epochs == 2
+    assert set(plan.changed) == {"epochs"}

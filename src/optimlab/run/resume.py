@@ -107,7 +107,10 @@ def effective_config(saved: DictConfig, composed: DictConfig, overrides: list[st
                 del node[leaf]
             continue
         key = key.replace("/", ".")
-        value = OmegaConf.select(composed, key, throw_on_missing=False)
+        absent = object()
+        value = OmegaConf.select(composed, key, default=absent, throw_on_missing=False)
+        if value is absent:  # a group of the _global_ package (sweep=<preset>): no key of its own
+            continue
         if isinstance(value, DictConfig):
             value = OmegaConf.to_container(value, resolve=False)
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
