@@ -358,3 +358,15 @@ def test_bad_logger_keys_are_one_line_before_any_work(override, expected):
 
     with pytest.raises(ConfigError, match=expected):
         validate(compose_config([*TINY, "logger=[wandb,mlflow]", override]))
+
+
+def test_a_plain_path_as_mlflow_tracking_uri_is_a_file_store(tmp_path, monkeypatch):
+    """MLflow reads a plain path as its file store: optimlab allows that store for the run,
+    as it does for a file: URI, rather than the tracker turning itself off."""
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
+    overrides = ["logger=mlflow"]
+    run(compose_config([*SMALL, *overrides]), str(tmp_path / "run"), overrides=overrides)
+    (tag,) = (tmp_path / "mlruns").glob("*/*/tags/optimlab.run_dir")  # the file store's one run
+    assert tag.read_text() == str(tmp_path / "run")

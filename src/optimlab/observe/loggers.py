@@ -194,8 +194,9 @@ class MLflowLogger:
     parent run per study, named after the study, which holds the study's best objective so far:
     the UI shows a sweep as one expandable row, the way MLflow's own tuning examples do.
 
-    A ``file:`` store is MLflow 3's legacy backend, refused unless ``MLFLOW_ALLOW_FILE_STORE``
-    is set: naming one in ``tracking_uri`` sets it for the run.
+    A ``file:`` store (or a plain path, which MLflow reads as one) is MLflow 3's legacy
+    backend, refused unless ``MLFLOW_ALLOW_FILE_STORE`` is set: naming one in
+    ``tracking_uri`` or ``MLFLOW_TRACKING_URI`` sets it for the run.
 
     ``http_retries`` / ``http_timeout``: how long an ``http://`` server may keep a run waiting
     (MLflow's own default retries for minutes); ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
@@ -209,8 +210,10 @@ class MLflowLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(http_retries)))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(http_timeout)))
-        if str(tracking_uri).startswith("file:") and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
-            # MLflow 3.x refuses its file store unless asked to; a file: URI is asking
+        # a file: URI or a plain path (MLflow reads both as its file store) is asking for one
+        is_file_store = str(tracking_uri).startswith("file:") or "://" not in str(tracking_uri)
+        if is_file_store and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+            # MLflow 3.x refuses its file store unless asked to
             log.info("logger mlflow: MLflow keeps its file store in maintenance mode (a sqlite:/// store is its "
                      "recommended local one); set MLFLOW_ALLOW_FILE_STORE=true for mlflow ui on %s too", tracking_uri)
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
