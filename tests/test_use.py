@@ -157,6 +157,18 @@ def test_refusals_are_one_line(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         predict_main([str(folder), str(rgb), "--out", str(tmp_path / "p.csv"), "--convert"])
     assert done.value.code == 0 and len((tmp_path / "p.csv").read_text().splitlines()) == 2
+    # --out a folder: the CSV goes into it; a path that cannot be written is one line
+    (tmp_path / "into").mkdir()
+    with pytest.raises(SystemExit) as done:
+        predict_main([str(folder), str(rgb), "--out", str(tmp_path / "into"), "--convert"])
+    assert done.value.code == 0 and (tmp_path / "into" / "predictions.csv").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # under a file: no such folder can be made
+        predict_main([str(folder), str(rgb), "--out", str(rgb / "p.csv"), "--convert"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code != 0 and len(err) == 1 and err[0].startswith(f"Error: cannot write {rgb / 'p.csv'}")
+    gray = optimlab.load(folder, convert=True)
+    assert gray.predict(str(rgb)) == gray.predict([rgb])  # one path: one image
     assert "split='train2' is not valid" in one_line_error(eval_main, [str(folder), "split=train2"], capsys)
     assert "cannot apply" in one_line_error(eval_main, [str(folder), "data.nope=1"], capsys)
     assert issubclass(CheckpointError, ConfigError) and issubclass(DataError, ConfigError)

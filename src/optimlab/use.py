@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.errors import CheckpointError, ConfigError, DataError, OptimlabError
+from optimlab.errors import CheckpointError, ConfigError, DataError, OptimlabError, StorageError
 
 log = logging.getLogger("optimlab.use")
 
@@ -63,9 +63,12 @@ class Loaded:
     config: DictConfig
 
     def predict(self, images) -> list[tuple[str, float]]:
-        """(class name, probability) of the most likely class of each image."""
+        """(class name, probability) of the most likely class of each image (a list of paths,
+        images or arrays; one path alone is one image)."""
         from optimlab.engine.inference import probabilities
 
+        if isinstance(images, (str, Path)):
+            images = [images]
         probs = probabilities(self.model, self.transform.batch(list(images)))
         top, index = probs.max(dim=1)
         return [(self.classes[int(i)], float(p)) for p, i in zip(top, index)]
@@ -236,8 +239,13 @@ def predict(run_dir: str | Path, target: str | Path, out: str | Path = PREDICTIO
         top, index = probabilities(loaded.model, loaded.transform.batch(chunk)).max(dim=1)
         for path, p, i in zip(chunk, top.tolist(), index.tolist()):
             writer.writerow([path.relative_to(target) if target.is_dir() else path, loaded.classes[i], repr(p)])
-    out = Path(out)
-    atomic_write_text(out, buf.getvalue())
+    out = Path(out).expanduser()
+    if out.is_dir():  # --out <folder>: the CSV goes into it
+        out = out / PREDICTIONS_CSV
+    try:
+        atomic_write_text(out, buf.getvalue())
+    except OSError as e:
+        raise StorageError.of(out, e) from e
     log.info("%d predictions (%s epoch %d weights of %s) -> %s", len(files), loaded.weights, loaded.epoch,
              loaded.run_dir, out)  # fmt: skip
     return out
@@ -272,13 +280,13 @@ def _predict(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="optimlab-predict", description="Predict images with a trained run's model.")
     parser.add_argument("run_dir", help="the run folder (outputs/... or multirun/.../<trial>)")
     parser.add_argument("images", help="an image file, or a folder of images (searched recursively)")
-    parser.add_argument("--out", default=PREDICTIONS_CSV, help=f"the CSV to write (default: ./{PREDICTIONS_CSV})")
+    parser.add_argument("--out", default=PREDICTIONS_CSV, help=f"the CSV to write, or a folder to write {PREDICTIONS_CSV} "
+                        f"into (default: ./{PREDICTIONS_CSV})")  # fmt: skip
     parser.add_argument("--weights", choices=("best", "last"), default=None, help="default: best when kept, else last")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     parser.add_argument("--convert", action="store_true", help="convert colour/grayscale images to the model's kind")
     args = parser.parse_args(argv)
-    out = predict(args.run_dir, args.images, out=args.out, weights=args.weights, device=args.device, convert=args.convert)
-    print(f"wrote {out}")
+    predict(args.run_dir, args.images, out=args.out, weights=args.weights, device=args.device, convert=args.convert)
 
 
 def eval_main(argv: list[str] | None = None) -> None:
