@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,31 @@ def test_eval_on_other_data_of_the_same_shape(trained, tmp_path, capsys):
     # a data entry whose images do not fit the model: one line, nothing evaluated
     line = one_line_error(eval_main, [str(folder), "data.channels=3"], capsys)
     assert "3-channel 16×16 images but the run's model takes 1-channel 16×16 images" in line
+
+
+def test_eval_on_a_folder_of_some_classes_scores_them_by_name(trained, tmp_path, capsys):
+    """Folders `3` and `7` alone are the run's classes 3 and 7 (not labels 0 and 1), and a
+    train part smaller than the run's batch_size is no reason to refuse: nothing trains."""
+    folder, _, x, y = trained
+    keep = (y == 3) | (y == 7)
+    write_pngs(tmp_path / "some" / "test", x[keep], y[keep])
+    write_pngs(tmp_path / "some" / "train", x[keep][:4], y[keep][:4])  # fewer images than batch_size=16
+    args = [str(folder), "data=image_folder", f"data.root={tmp_path / 'some'}", "data.channels=1",
+            "data.image_size=16", "data.num_classes=2", "data.val_size=1"]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        eval_main(args)
+    assert done.value.code == 0, capsys.readouterr().err
+    entry = json.loads((folder / "eval.json").read_text())["evaluations"][-1]
+    loaded = optimlab.load(folder)
+    with torch.inference_mode():
+        hits = loaded.model(loaded.transform.batch(list(x[keep]))).argmax(1) == y[keep]
+    assert entry["images"] == int(keep.sum()) and entry["acc"] == pytest.approx(hits.float().mean().item())
+    assert entry["acc"] > 0.5  # by name: the model's own digits, not labels 0 and 1
+    for part in ("test", "train"):  # another folder (the data cache keys on the entry): class 7 renamed
+        shutil.copytree(tmp_path / "some" / part, tmp_path / "other" / part)
+        (tmp_path / "other" / part / "7").rename(tmp_path / "other" / part / "cat")
+    args[2] = f"data.root={tmp_path / 'other'}"
+    assert "classes ['cat'] are not among the run's classes" in one_line_error(eval_main, args, capsys)
 
 
 def test_load_gives_the_model_in_eval_mode_and_its_preprocessing(trained):

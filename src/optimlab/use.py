@@ -173,7 +173,8 @@ def eval_config(trained: DictConfig, inputs: dict[str, Any], overrides: list[str
 
     cfg = effective_config(trained, _compose(overrides), overrides) if overrides else trained.copy()
     OmegaConf.set_struct(cfg, False)
-    cfg.resume = None  # an evaluation trains nothing
+    cfg.resume = None  # an evaluation trains nothing: no training batch to fit either (it
+    cfg.batch_size = 1  # evaluates in eval_batch_size batches), so a small folder of other images is fine
     cfg.model = trained.model  # the trained model, whatever the data says
     got = (cfg.data.channels, cfg.data.image_size)
     want = (int(inputs["channels"]), int(inputs["image_size"]))
@@ -210,12 +211,30 @@ def evaluate_run(run_dir: str | Path, args: list[str] = ()) -> dict[str, Any]:
     loop = LoopConfig(epochs=1, batch_size=cfg.batch_size, seed=cfg.seed, precision=precision,
                       eval_batch_size=cfg.eval_batch_size)  # fmt: skip
     split = own.get("split", SPLITS[0])
+    _labels_by_name(data, split, list(_inputs(found, trained)["classes"]))
     loss, acc = evaluate(model, data, split, loop)
     entry = {"split": split, "weights": found["weights"], "epoch": int(found["epoch"]), "overrides": overrides,
              "data": str(cfg.data.name), "images": len(getattr(data, split)), "loss": loss, "acc": acc,
              "device": str(device), "precision": precision, "at": now_iso()}  # fmt: skip
     written = folder.add_eval(entry, same=SAME_EVAL)
     return {**entry, "written": str(written)}
+
+
+def _labels_by_name(data, split: str, classes: list[str]) -> None:
+    """Other data that names its classes (an image folder's sub-folders) is scored by name:
+    its folder ``7`` is the run's class ``7``, whatever its position among the folders."""
+    from optimlab.engine.data import Split
+
+    names = [str(c) for c in data.classes or ()]
+    if not names or names == classes[: len(names)]:
+        return
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DataError(f"the data's classes {unknown} are not among the run's classes {classes}: "
+                        f"name each class folder after one of the run's classes")  # fmt: skip
+    to_run = torch.tensor([classes.index(n) for n in names], device=getattr(data, split).y.device)
+    part = getattr(data, split)
+    setattr(data, split, Split(part.x, to_run[part.y]))
 
 
 # --------------------------------------------------------------------------- optimlab-predict
