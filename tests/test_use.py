@@ -174,6 +174,7 @@ def test_refusals_are_one_line(trained, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="holds no weights"):
         optimlab.load(empty)
     assert "does not exist" in one_line_error(eval_main, [str(tmp_path / "nowhere")], capsys)
+    assert "is a file, not a run folder" in one_line_error(eval_main, [str(folder / "best.pt")], capsys)
     # a colour image for a grayscale model: one line, unless --convert
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.repeat(x[0, 0].numpy()[:, :, None], 3, axis=2), mode="RGB").save(rgb)

@@ -91,9 +91,7 @@ def _inputs(found: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
 def _folder(run_dir: str | Path):
     from optimlab.run.folder import RunFolder, is_sweep_folder
 
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
+    path = Path(run_dir).expanduser()  # RunFolder.weights says when it is no folder
     if is_sweep_folder(path):
         raise ConfigError(f"{run_dir} is a sweep's folder: give one of its trials' folders ({path}/<trial>)")
     return RunFolder(path, create=False)

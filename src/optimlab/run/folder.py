@@ -160,7 +160,8 @@ class ModelFiles:
 
         path = self.path / BEST_FILE
         if not path.is_file():
-            raise CheckpointError(f"{path} does not exist: the run kept no best epoch's weights")
+            raise CheckpointError(f"{path} does not exist (removed, or the run was trained before best-epoch "
+                                  f"weights were kept): weights=last uses {CHECKPOINT_FILE}'s")  # fmt: skip
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -178,7 +179,8 @@ class ModelFiles:
         if which not in (None, *WEIGHTS):
             raise CheckpointError(f"weights={which!r} is not valid: must be one of {', '.join(WEIGHTS)}")
         if not self.path.is_dir():
-            raise CheckpointError(f"run folder {self.path} does not exist")
+            what = "is a file, not a run folder: give its folder" if self.path.exists() else "does not exist"
+            raise CheckpointError(f"run folder {self.path} {what}")
         if which == "best" or (which is None and self.has_best):
             best = self.load_best()
             return {"weights": "best", "epoch": best["epoch"], "model": best["model"], "inputs": best["inputs"],
