@@ -76,7 +76,7 @@ CHANGED = {
 def test_a_resume_with_another_config_is_refused_in_one_line_before_any_trial(resumed, case):
     changed, extra, words = CHANGED[case]
     line = error_line(train_cli(*args(*extra, "hydra.sweeper.n_trials=4", **changed), cwd=resumed))
-    assert "holds 2 trial(s) of another config" in line, line
+    assert "(2 trial(s)) was last run with another config:" in line, line
     for phrase in words:
         assert phrase in line, line
     assert "hydra.sweeper.study_name" in line and "hydra.sweeper.allow_changes=true" in line, line
@@ -108,7 +108,7 @@ def test_allow_changes_records_the_change_and_goes_on(resumed):
     # ... so the new command goes on without the opt-in, and the old one is refused
     ok(train_cli(*changed, "hydra.sweeper.n_trials=4", cwd=resumed))
     line = error_line(train_cli(*args("hydra.sweeper.n_trials=5"), cwd=resumed))
-    assert "epochs: 1 → 2" in line, line
+    assert "epochs: 1 → 2" in line and "(changed 1 time(s) before, at trial(s) 2)" in line, line
     assert len(load(resumed).trials) == 4
 
 

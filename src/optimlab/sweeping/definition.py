@@ -121,6 +121,12 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) and value else json.dumps(value)
 
 
+def _changed_before(study) -> str:
+    """Where the study's config changed before (with the opt-in): its trials are of several configs."""
+    changes = study.user_attrs.get(CHANGES) or []
+    return f" (changed {len(changes)} time(s) before, at trial(s) {', '.join(str(c['trials']) for c in changes)})" if changes else ""
+
+
 def check(study, found: dict, *, allow_changes: bool, where: str) -> None:
     """Record ``found`` as the study's definition, or compare it with the recorded one:
     a study holding trials of another definition is refused (SweepConfigError), unless
@@ -134,7 +140,8 @@ def check(study, found: dict, *, allow_changes: bool, where: str) -> None:
         phrases = describe(diffs, saved, found)
         more = f"; and {len(phrases) - SHOWN} more" if len(phrases) > SHOWN else ""
         raise SweepConfigError(
-            f"{where} holds {len(trials)} trial(s) of another config: {'; '.join(phrases[:SHOWN])}{more}. "
+            f"{where} ({len(trials)} trial(s)) was last run with another config{_changed_before(study)}: "
+            f"{'; '.join(phrases[:SHOWN])}{more}. "
             f"Its trials would be ranked against trials of this one: use a new hydra.sweeper.study_name for a "
             f"new study, or add {ALLOW} to go on in this study (the change is recorded in its {CHANGES})"
         )
