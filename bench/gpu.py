@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pack_bench  # noqa: E402
 import throughput  # noqa: E402
+from cli_args import key_values  # noqa: E402
 
 from optimlab.engine import data as datasets  # noqa: E402
 from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
@@ -77,15 +78,7 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = dict(DEFAULTS)
-    given = set()
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key not in args:
-            raise SystemExit(f"unknown argument {key!r}; known: {', '.join(args)}")
-        default = DEFAULTS[key]
-        args[key] = type(default)(value) if not isinstance(default, str) else value
-        given.add(key)
+    args, given = key_values(argv, DEFAULTS)
     quick = args["quick"] in ("true", "1", "yes")
     args["quick"] = quick
     if args["device"] == "auto":

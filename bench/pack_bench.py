@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from cli_args import key_values  # noqa: E402  (bench/, beside this script)
 from optimlab.engine import data as datasets  # noqa: E402
 from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
 from optimlab.engine.packed import fit_packed  # noqa: E402
@@ -61,15 +62,7 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = dict(DEFAULTS)
-    given = set()
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key not in args:
-            raise SystemExit(f"unknown argument {key!r}; known: {', '.join(k for k in args if k != 'worker')}")
-        default = DEFAULTS[key]
-        args[key] = type(default)(value) if not isinstance(default, str) else value
-        given.add(key)
+    args, given = key_values(argv, DEFAULTS, hidden=("worker",))
     if args["quick"] in ("true", "1", "yes"):
         if "ks" not in given:
             args["ks"] = "1,4,16"

@@ -47,6 +47,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from cli_args import key_values  # noqa: E402  (bench/, beside this script)
 from optimlab.engine import data as datasets  # noqa: E402
 from optimlab.engine.models import FastNet, TuduiCNN  # noqa: E402
 from optimlab.engine.training import LoopConfig, TrainState, train_one_epoch, warm_up  # noqa: E402
@@ -66,13 +67,7 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str]) -> dict:
-    args = dict(DEFAULTS)
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key not in args:
-            raise SystemExit(f"unknown argument {key!r}; known: {', '.join(args)}")
-        default = DEFAULTS[key]
-        args[key] = type(default)(value) if not isinstance(default, str) else value
+    args, _ = key_values(argv, DEFAULTS)
     if args["device"] == "auto":
         args["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args["device"] == "cuda"
