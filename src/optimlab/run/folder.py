@@ -156,20 +156,11 @@ class ModelFiles:
 
     def load_best(self) -> dict[str, Any]:
         """best.pt's payload (on CPU); CheckpointError naming the file when missing or unreadable."""
-        import torch
-
         path = self.path / BEST_FILE
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist (removed, or the run was trained before best-epoch "
                                   f"weights were kept): weights=last uses {CHECKPOINT_FILE}'s")  # fmt: skip
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
-        if not isinstance(payload, dict) or any(k not in payload for k in BEST_KEYS):
-            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(f"{path} is not optimlab's best weights (expected keys {list(BEST_KEYS)}, found {found})")
-        return payload
+        return _load_payload(path, BEST_KEYS, "optimlab's best weights", weights_only=True)
 
     def weights(self, which: str | None = None) -> dict[str, Any]:
         """The weights to use: ``which`` = ``best`` (best.pt), ``last`` (checkpoint.pt's model)
@@ -377,7 +368,6 @@ class RunFolder(ModelFiles):
         Raises CheckpointError naming the file when it is missing, unreadable, or not a
         checkpoint that optimlab wrote (a missing key, history that disagrees with its epoch).
         """
-        import torch
 
         path = self.path / CHECKPOINT_FILE
         if not self.path.is_dir():
@@ -387,15 +377,9 @@ class RunFolder(ModelFiles):
                 f"{path} does not exist: the run stopped before its first checkpoint "
                 f"(checkpoint.every) or {self.path} is not a run folder; start the run again instead"
             )
-        try:
-            # The payload holds numpy/python RNG states, so it is a full pickle: only load
-            # checkpoints you wrote yourself.
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
-        if not isinstance(payload, dict) or any(k not in payload for k in CHECKPOINT_KEYS):
-            found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(f"{path} is not an optimlab checkpoint (expected keys {list(CHECKPOINT_KEYS)}, found {found})")
+        # The payload holds numpy/python RNG states, so it is a full pickle: only load
+        # checkpoints you wrote yourself.
+        payload = _load_payload(path, CHECKPOINT_KEYS, "an optimlab checkpoint", weights_only=False)
         if len(payload["history"]) != payload["epoch"]:
             raise CheckpointError(f"{path} is inconsistent: epoch {payload['epoch']} but {len(payload['history'])} rows of history")
         return Checkpoint(path, payload)
@@ -503,3 +487,18 @@ def discard_unstarted(folder: RunFolder, log_file: str, up_to: str | Path) -> bo
             break
         parent = parent.parent
     return True
+
+
+def _load_payload(path: Path, keys, what: str, *, weights_only: bool) -> dict:
+    """A torch file of the run folder (on CPU) holding ``keys``; one CheckpointError line
+    naming the file when it is unreadable or something else."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not {what} (expected keys {list(keys)}, found {found})")
+    return payload
