@@ -368,7 +368,6 @@ class RunFolder(ModelFiles):
         Raises CheckpointError naming the file when it is missing, unreadable, or not a
         checkpoint that optimlab wrote (a missing key, history that disagrees with its epoch).
         """
-
         path = self.path / CHECKPOINT_FILE
         if not self.path.is_dir():
             raise CheckpointError(f"run folder {self.path} does not exist")
