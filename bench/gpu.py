@@ -70,7 +70,7 @@ DEFAULTS = {
     "pack_train_size": 0,  # pack_bench images per trial; 0: 2048, 32 quick
     "pack_batch_size": 0,  # pack_bench batch; 0: 64, 32 quick
     "workers": -1,  # pack_bench (b) with N worker processes; -1: 4 on cuda, off (0) otherwise
-    "sweep_trials": 0,  # 0: 32, 8 quick
+    "sweep_trials": 0,  # 0: 32, 4 quick
     "sweep_train_size": 0,  # 0: 2048, 64 quick
     "epochs": 0,  # sweep trials' epochs; 0: 2, 1 quick
     "threads": 0,  # torch.set_num_threads (and OMP_NUM_THREADS for the sweeps); 0: torch's default
@@ -92,12 +92,12 @@ def parse_args(argv: list[str]) -> dict:
     pick("matmul_n", 256, 8192, 2048)
     pick("batch_size", 64, 1024, 512)
     pick("train_size", 256, 50000, 50000)
-    pick("rounds", 3, 5, 5)
-    pick("seconds", 0.2, 1.0, 1.0)
+    pick("rounds", 2, 5, 5)
+    pick("seconds", 0.1, 1.0, 1.0)
     pick("pack_train_size", 32, 2048, 2048)
     pick("pack_batch_size", 32, 64, 64)
     pick("workers", 0, 4, 0)
-    pick("sweep_trials", 8, 32, 32)
+    pick("sweep_trials", 4, 32, 32)
     pick("sweep_train_size", 64, 2048, 2048)
     pick("epochs", 1, 2, 2)
     args["compile"] = cuda if args["compile"] == "auto" else args["compile"] in ("true", "1", "yes")
