@@ -67,8 +67,8 @@ DEFAULTS = {
     "seconds": 0.0,  # throughput window length; 0: 1.0, 0.2 quick
     "compile": "auto",  # throughput only (packs are not compiled): true on cuda
     "ks": "1,8,32",
-    "pack_train_size": 0,  # pack_bench images per trial; 0: 2048, 32 quick
-    "pack_batch_size": 0,  # pack_bench batch; 0: 64, 32 quick
+    "pack_train_size": 0,  # pack_bench images per trial; 0: 2048, 16 quick
+    "pack_batch_size": 0,  # pack_bench batch; 0: 64, 16 quick
     "workers": -1,  # pack_bench (b) with N worker processes; -1: 4 on cuda, off (0) otherwise
     "sweep_trials": 0,  # 0: 32, 4 quick
     "sweep_train_size": 0,  # 0: 2048, 64 quick
@@ -94,8 +94,8 @@ def parse_args(argv: list[str]) -> dict:
     pick("train_size", 256, 50000, 50000)
     pick("rounds", 2, 5, 5)
     pick("seconds", 0.1, 1.0, 1.0)
-    pick("pack_train_size", 32, 2048, 2048)
-    pick("pack_batch_size", 32, 64, 64)
+    pick("pack_train_size", 16, 2048, 2048)
+    pick("pack_batch_size", 16, 64, 64)
     pick("workers", 0, 4, 0)
     pick("sweep_trials", 4, 32, 32)
     pick("sweep_train_size", 64, 2048, 2048)
