@@ -212,6 +212,10 @@ _outages_lock = threading.Lock()
 
 def of(url: str, shown: str, patience: float | None = None, hide: str | None = None) -> Outage:
     """This process's :class:`Outage` of the storage ``url`` (``patience`` given: set to it)."""
+    # SQLAlchemy's pool logs a traceback when a connection to a server that went away cannot
+    # be closed cleanly (also when a stop signal lands in that close): the outage's own lines,
+    # and the stop's, say what happened in one line each
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     with _outages_lock:
         found = _outages.get(url)
         if found is None:
