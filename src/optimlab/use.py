@@ -200,7 +200,8 @@ def evaluate_run(run_dir: str | Path, args: list[str] = ()) -> dict[str, Any]:
     folder = _folder(run_dir)
     found = folder.weights(own.get("weights"))
     trained = OmegaConf.create(found["config"])
-    cfg = eval_config(trained, _inputs(found, trained), overrides)
+    inputs = _inputs(found, trained)
+    cfg = eval_config(trained, inputs, overrides)
     device = resolve_device(cfg.device.type)
     precision = resolve_precision(cfg.precision, device)
     data = load_data(cfg, device)
@@ -209,7 +210,7 @@ def evaluate_run(run_dir: str | Path, args: list[str] = ()) -> dict[str, Any]:
     loop = LoopConfig(epochs=1, batch_size=cfg.batch_size, seed=cfg.seed, precision=precision,
                       eval_batch_size=cfg.eval_batch_size)  # fmt: skip
     split = own.get("split", SPLITS[0])
-    _labels_by_name(data, split, list(_inputs(found, trained)["classes"]))
+    _labels_by_name(data, split, list(inputs["classes"]))
     loss, acc = evaluate(model, data, split, loop)
     entry = {"split": split, "weights": found["weights"], "epoch": int(found["epoch"]), "overrides": overrides,
              "data": str(cfg.data.name), "images": len(getattr(data, split)), "loss": loss, "acc": acc,
@@ -230,8 +231,8 @@ def _labels_by_name(data, split: str, classes: list[str]) -> None:
     if unknown:
         raise DataError(f"the data's classes {unknown} are not among the run's classes {classes}: "
                         f"name each class folder after one of the run's classes")  # fmt: skip
-    to_run = torch.tensor([classes.index(n) for n in names], device=getattr(data, split).y.device)
     part = getattr(data, split)
+    to_run = torch.tensor([classes.index(n) for n in names], device=part.y.device)
     setattr(data, split, Split(part.x, to_run[part.y]))
 
 
