@@ -16,9 +16,14 @@ CONFIG_NAME = "config"
 
 
 @cache
+def defaults() -> dict:
+    """conf/config.yaml's own values (their one home), as written there."""
+    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml"))
+
+
 def default_objective() -> dict:
-    """conf/config.yaml's ``objective`` (its one home): for folders that do not say theirs."""
-    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / f"{CONFIG_NAME}.yaml").objective)
+    """conf/config.yaml's ``objective``: for folders that do not say theirs."""
+    return defaults()["objective"]
 
 
-__all__ = ["CONFIG_DIR", "CONFIG_NAME", "default_objective", "validate"]
+__all__ = ["CONFIG_DIR", "CONFIG_NAME", "default_objective", "defaults", "validate"]

@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optimlab.config import resolvers
+from optimlab.config import defaults, resolvers
 from optimlab.errors import ConfigError, OptimlabError
 from optimlab.run.folder import UNREADABLE, RunFolder, is_sweep_folder, run_folders_under
 from optimlab.run.provenance import git_info, versions
@@ -47,7 +47,7 @@ HYDRA_KEYS = ("job_logging", "hydra_logging", "verbose", "output_subdir")
 HYDRA_GROUPS = ("hydra/job_logging", "hydra/hydra_logging")
 # a sweep preset's switches that only save its time (no numbers depend on them): the best
 # trial's re-run from a sweep folder puts them back to conf/config.yaml's defaults
-SWEEP_SWITCHES = {"plots": "true", "tensorboard": "true"}
+SWEEP_SWITCHES = ("plots", "tensorboard")
 
 
 def job_config(folder: RunFolder) -> DictConfig:
@@ -194,7 +194,7 @@ def main(task: Callable[[DictConfig], Any], argv: list[str] | None = None) -> in
         extra: list[str] = []
         if is_sweep_folder(original.path):  # the study's best trial, with its plots back on
             original = RunFolder(best_trial_folder(original.path), create=False)
-            extra = [f"{key}={default}" for key, default in SWEEP_SWITCHES.items()]
+            extra = [f"{key}={str(defaults()[key]).lower()}" for key in SWEEP_SWITCHES]
             log.info("rerun: the best trial of %s is %s", args.run_dir, original.path.name)
         summary = original.read_summary()
         if summary is UNREADABLE:
