@@ -5,23 +5,29 @@ interleaved per sampler seed, in one invocation.
     uv run python bench/sweep_bench.py --seeds 0 1 --trials 8
     uv run python bench/sweep_bench.py --breakdown         # + where a trial's wall time goes
     uv run python bench/sweep_bench.py --random 30         # random search: does the search matter?
+    uv run python bench/sweep_bench.py --task relucnn      # the second task (another model, harder)
+    uv run python bench/sweep_bench.py --only optimlab --upstream-json up.json hydra.sweeper.n_workers=1
+                                                           # a variant of the preset against a saved upstream side
 
 For each seed, in turn:
 
 - ``upstream``: ``hydra/sweeper=optuna`` as a user of hydra-optuna-sweeper gets it (TPE with
-  its defaults, the basic launcher, ``n_jobs`` 2), plus ``max_failure_rate=1.0`` (else the first
+  its defaults, the basic launcher, ``n_jobs`` 2, torch's default threads), plus ``max_failure_rate=1.0`` (else the first
   diverged trial ends its sweep), the seed and ``direction=maximize``; its study stays in
   memory, as for its users: each trial's value and end come from its run folder.
-- ``optimlab``: ``sweep=lr_momentum_fast`` with the same seed.
+- ``optimlab``: ``sweep=lr_momentum_fast`` with the same seed (and its own worker and thread
+  layout: ``n_workers: auto``), plus any ``key=value`` given after the options (``extra``,
+  the optimlab side only: a variant of the preset).
 
-Both run the same ``train.py`` task (``TASK``), the same search space (``SPACE``) and the
-same trial budget (``--trials``), with the same ``OMP_NUM_THREADS`` (``--threads``). A
-trial's end is the last write into its run folder; a
-method's best-so-far at time t is the best COMPLETE value among the trials finished by t
-(t from the start of the sweep's process). Time-to-target: the first t at which the
-best-so-far is within ``--tolerance`` (0.5 %) of the best value any method found for that
-seed. The plot (``--plot``) shows best-so-far vs wall time per method: the median over
-seeds and the min–max band.
+Both run the same ``train.py`` task (``TASKS[--task]``), the same search space (``SPACE``)
+and the same trial budget (``--trials``); ``--threads N`` sets ``OMP_NUM_THREADS`` for both
+(default: unset, each side's own default). A trial's end is the last write into its run
+folder; a method's best-so-far at time t is the best COMPLETE value among the trials
+finished by t (t from the start of the sweep's process). **Time-to-target**, the headline:
+the first t at which the best-so-far reaches the target, which is the upstream side's
+median best (over the seeds, each its own best of the sweep) less ``--tolerance`` (0.5 %),
+one target for every seed. The plot (``--plot``) shows best-so-far vs wall time per
+method: the median over seeds and the min–max band, and the target.
 """
 
 from __future__ import annotations
@@ -43,9 +49,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the task both sweepers run: digits, 500 held-out validation images (a steadier objective
-# and a smaller training split: the search matters, see --random), 9 epochs
-TASK = ["model=lenet", "optimizer=momentum", "data=digits", "data.val_size=500", "epochs=9", "device=cpu", "quiet=true"]
+# the tasks both sweepers run (--task). lenet: digits, 500 held-out validation images (a
+# steadier objective and a smaller training split: the search matters, see --random), 9
+# epochs. relucnn: another net (seed 004's ReLU CNN, padded convolutions) on 16×16 digits
+# with 900 validation images, so it trains on 537 and is harder, for 6 epochs
+TASKS = {
+    "lenet": ["model=lenet", "optimizer=momentum", "data=digits", "data.val_size=500", "epochs=9", "device=cpu", "quiet=true"],
+    "relucnn": ["model=relu_cnn", "optimizer=momentum", "data=digits", "data.image_size=16", "data.val_size=900",
+                "epochs=6", "device=cpu", "quiet=true"],
+}  # fmt: skip
+TITLES = {"lenet": "digits, LeNet, 9 epochs", "relucnn": "16×16 digits, 537 training images, ReLU CNN, 6 epochs"}
+TASK: list[str] = []  # the chosen task's overrides
+OPTIMLAB_EXTRA: list[str] = []  # overrides of the optimlab side only (a variant of the preset)
 SPACE = ["lr=tag(log, interval(1e-4, 0.1))", "momentum=interval(0.0, 0.95)"]
 PRESET = "lr_momentum_fast"
 
@@ -61,6 +76,7 @@ def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
         "optimlab": [
             f"sweep={PRESET}", f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
             "hydra.sweeper.max_failures=null", f"hydra.sweeper.study_name={ol}", f"hydra.sweep.dir={work / ol}",
+            *OPTIMLAB_EXTRA,
         ],
     }  # fmt: skip
 
@@ -135,7 +151,7 @@ def time_to(curve: list[tuple[float, float]], target: float) -> float:
     return next((s for s, v in curve if v >= target), math.inf)
 
 
-THREADS = {"OMP_NUM_THREADS": "1"}  # --threads: the same for both methods
+THREADS: dict[str, str] = {}  # --threads: the same OMP_NUM_THREADS for both methods
 
 
 def child_env() -> dict[str, str]:
@@ -209,7 +225,8 @@ def print_breakdown(name: str, b: dict) -> None:
 # --------------------------------------------------------------------------- plot
 
 
-def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, list[float]], path: Path, title: str) -> None:
+def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, list[float]], path: Path, title: str,
+         target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,6 +255,7 @@ def plot(curves: dict[str, list[list[tuple[float, float]]]], walls: dict[str, li
         ax.plot(grid[have], med[have], color=c, ls=styles.get(method, "-"), lw=2, label=f"{method}: median of {len(runs)} seeds")
         ax.fill_between(grid, lo, hi, where=~np.isnan(lo), color=c, alpha=0.15, label=f"{method}: min–max over seeds")
         ax.axvline(statistics.median(walls[method]), color=c, ls=":", lw=1.2)
+    ax.axhline(target, color="gray", ls="-.", lw=1, label=f"target {target:.4f}")
     finals = [v for runs in curves.values() for curve in runs for _, v in curve[-1:]]
     if finals:
         ax.set_ylim(max(min(finals) - 0.06, 0), min(max(finals) + 0.01, 1.0))
@@ -294,15 +312,20 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every trial's times and values here")
     ap.add_argument("--from-json", type=Path, help="print the tables and draw the plot of a run saved with --json")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up sweep of each method")
-    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both methods' processes (1: steady on a "
-                    "shared CPU, where 2-thread OpenMP barriers stall; '' for torch's default)")
-    ap.add_argument("extra", nargs="*", help="train.py overrides after the task's, e.g. epochs=3 model=lenet")
+    ap.add_argument("--threads", default="", help="OMP_NUM_THREADS of both methods' processes (default: unset, "
+                    "each side's own: torch's default upstream, the preset's worker layout in optimlab; 1: steadier "
+                    "on a CPU shared with other work, where 2-thread OpenMP barriers stall)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="lenet", help="the task both sides sweep")
+    ap.add_argument("--upstream-json", type=Path, help="with --only optimlab: the upstream side of a run saved with "
+                    "--json (a variant of the preset against it; the headline comes from one interleaved run)")
+    ap.add_argument("extra", nargs="*", help="train.py overrides of the optimlab side only, e.g. hydra.sweeper.n_workers=1")
     args = ap.parse_args()
-    TASK.extend(args.extra)
+    TASK.extend(TASKS[args.task])
+    OPTIMLAB_EXTRA.extend(args.extra)
+    if args.plot == ap.get_default("plot") and args.task != "lenet":
+        args.plot = ROOT / "docs" / f"sweep_time_to_target_{args.task}.png"
     if args.threads:
         THREADS["OMP_NUM_THREADS"] = args.threads
-    else:
-        THREADS.clear()
     work = (args.work or Path(tempfile.mkdtemp(prefix="optimlab-sweep-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     with open("/proc/loadavg") if os.path.exists("/proc/loadavg") else open(os.devnull) as f:
@@ -312,14 +335,16 @@ def main() -> None:
     if args.random:
         return random_search(args.random, work)
 
-    if not args.no_warmup:  # untimed: bytecode written, files in the page cache, for both methods alike
-        for method, extra in methods(10_000, 2, work / "warmup").items():
-            _, wall, proc = run_one([sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE, "epochs=1"], work)
-            print(f"warm-up {method}: {wall:.1f} s (exit {proc.returncode})", flush=True)
     if args.from_json:  # the tables and the plot again, from a saved run
         results = json.loads(args.from_json.read_text())
         args.trials = len(results["upstream"][0]["trials"])
         return summarize(results, args)
+    if not args.no_warmup:  # untimed: bytecode written, files in the page cache, for both methods alike
+        for method, extra in methods(10_000, 2, work / "warmup").items():
+            if method not in args.only:
+                continue
+            _, wall, proc = run_one([sys.executable, str(ROOT / "train.py"), "-m", *extra, *TASK, *SPACE, "epochs=1"], work)
+            print(f"warm-up {method}: {wall:.1f} s (exit {proc.returncode})", flush=True)
     results: dict[str, list[dict]] = {m: [] for m in args.only}
     for seed in args.seeds:
         for method, extra in methods(seed, args.trials, work).items():
@@ -345,6 +370,8 @@ def main() -> None:
             if args.breakdown:
                 print_breakdown(f"seed {seed} {method}", breakdown(trials, t0))
 
+    if args.upstream_json:
+        results["upstream"] = json.loads(args.upstream_json.read_text())["upstream"]
     if len(results) == 2:
         summarize(results, args)
     if args.json:
@@ -353,41 +380,46 @@ def main() -> None:
 
 def summarize(results: dict[str, list[dict]], args) -> None:
     up, ol = results["upstream"], results["optimlab"]
-    print("\n| seed | upstream s | optimlab s | ratio | upstream best | optimlab best | target | "
-          "upstream time-to-target s | optimlab time-to-target s | ttt ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def med(xs):  # a target never reached counts as later than any time (inf); nan: neither reached
+        xs = [x for x in xs if not math.isnan(x)]
+        return statistics.median(sorted(xs)) if xs else math.nan
+
+    # one target for every seed: the upstream side's median best, less the tolerance
+    target = med([u["best"] for u in up]) * (1 - args.tolerance)
+    print(f"\ntarget: {target:.4f} = upstream's median best {med([u['best'] for u in up]):.4f} less {args.tolerance:.1%}")
+    print("\n| seed | upstream time-to-target s | optimlab time-to-target s | **ttt ratio** | upstream best | "
+          "optimlab best | upstream s | optimlab s | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ratios, ttt_ratios, ttts = [], [], {"upstream": [], "optimlab": []}
     for u, o in zip(up, ol):
-        target = max(u["best"], o["best"]) * (1 - args.tolerance)
         tu, to = time_to(u["curve"], target), time_to(o["curve"], target)
         ratio, tr = o["wall"] / u["wall"], ttt_ratio(to, tu)
         ratios.append(ratio)
         ttt_ratios.append(tr)
         ttts["upstream"].append(tu)
         ttts["optimlab"].append(to)
-        print(f"| {u['seed']} | {u['wall']:.1f} | {o['wall']:.1f} | {ratio:.2f} | {u['best']:.4f} | {o['best']:.4f} | "
-              f"{target:.4f} | {fmt_s(tu)} | {fmt_s(to)} | {fmt_r(tr)} |")  # fmt: skip
-
-    def med(xs):  # a target never reached counts as later than any time (inf); nan: neither reached
-        xs = [x for x in xs if not math.isnan(x)]
-        return statistics.median(sorted(xs)) if xs else math.nan
-
-    print(f"| **median** | {med([u['wall'] for u in up]):.1f} | {med([o['wall'] for o in ol]):.1f} | "
-          f"**{med(ratios):.2f}** | {med([u['best'] for u in up]):.4f} | {med([o['best'] for o in ol]):.4f} | | "
-          f"{fmt_s(med(ttts['upstream']))} | {fmt_s(med(ttts['optimlab']))} | **{med(ttt_ratios):.2f}** |")  # fmt: skip
+        print(f"| {u['seed']} | {fmt_s(tu)} | {fmt_s(to)} | {fmt_r(tr)} | {u['best']:.4f} | {o['best']:.4f} | "
+              f"{u['wall']:.1f} | {o['wall']:.1f} | {ratio:.2f} |")  # fmt: skip
+    print(f"| **median** | {fmt_s(med(ttts['upstream']))} | {fmt_s(med(ttts['optimlab']))} | **{fmt_r(med(ttt_ratios))}** | "
+          f"{med([u['best'] for u in up]):.4f} | {med([o['best'] for o in ol]):.4f} | {med([u['wall'] for u in up]):.1f} | "
+          f"{med([o['wall'] for o in ol]):.1f} | {med(ratios):.2f} |")  # fmt: skip
     reached = sum(math.isfinite(t) for t in ttts["optimlab"])
-    print(f"\nmedian wall-time ratio {med(ratios):.2f}; median best: upstream {med([u['best'] for u in up]):.4f}, "
-          f"optimlab {med([o['best'] for o in ol]):.4f}; median time-to-target ratio {med(ttt_ratios):.2f} "
-          f"(optimlab reached the target in {reached}/{len(ol)} seeds); epochs trained, median: "
-          f"upstream {med([u['epochs'] for u in up])}, optimlab {med([o['epochs'] for o in ol])}")  # fmt: skip
+    up_reached = sum(math.isfinite(t) for t in ttts["upstream"])
+    print(f"\nmedian time-to-target ratio {fmt_r(med(ttt_ratios))} (target {target:.4f}; optimlab reached it in "
+          f"{reached}/{len(ol)} seeds, upstream in {up_reached}/{len(up)}); median best: upstream "
+          f"{med([u['best'] for u in up]):.4f}, optimlab {med([o['best'] for o in ol]):.4f}; median wall-time ratio "
+          f"{med(ratios):.2f}; epochs trained, median: upstream {med([u['epochs'] for u in up])}, optimlab "
+          f"{med([o['epochs'] for o in ol])}")  # fmt: skip
     for m, rs in results.items():
         print(f"{m}: median first trial done at {med([r['first_end'] for r in rs]):.1f} s; median time after the "
               f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s")  # fmt: skip
     if args.plot and str(args.plot) not in ("", "."):  # --plot '': no plot
-        title = (f"{len(up)} seeds, {args.trials} trials each: digits, LeNet, 9 epochs, lr × momentum\n"
-                 f"median wall-time ratio {med(ratios):.2f}, median time-to-target ratio {med(ttt_ratios):.2f}")  # fmt: skip
+        title = (f"{len(up)} seeds, {args.trials} trials each: {TITLES[args.task]}, lr × momentum\n"
+                 f"median time-to-target ratio {fmt_r(med(ttt_ratios))} (target {target:.4f}), "
+                 f"median wall-time ratio {med(ratios):.2f}")  # fmt: skip
         plot({m: [r["curve"] for r in rs] for m, rs in results.items()},
-             {m: [r["wall"] for r in rs] for m, rs in results.items()}, args.plot, title)  # fmt: skip
+             {m: [r["wall"] for r in rs] for m, rs in results.items()}, args.plot, title, target)  # fmt: skip
         print(f"plot: {args.plot}")
 
 

@@ -78,6 +78,10 @@ class OptimlabSweeperConf:
     search_space: Optional[Dict[str, Any]] = None
     # "module.function": (cfg, trial) -> None adds (conditional) params of its own
     custom_search_space: Optional[str] = None
+    # [lr, momentum]: the study samples the effective step lr / (1 - momentum) (log) and
+    # momentum in place of lr and momentum (SGD's result varies mostly along the step); each
+    # trial runs, records and reports lr = step · (1 - momentum), kept inside lr's range
+    effective_step: Optional[List[str]] = None
 
     pruner: Any = MISSING
     # null: the run's objective.direction
@@ -96,8 +100,10 @@ class OptimlabSweeperConf:
     # together in one process, each still a trial of its own. 1: one trial at a time; auto:
     # pack only where it is measured to pay (so far nowhere: see README, "Packed trials")
     pack: Any = 1
-    # asynchronous worker processes started by this command, each ask → run → tell
-    n_workers: int = 1
+    # asynchronous worker processes started by this command, each ask → run → tell; auto:
+    # one per GPU when trials train on CUDA, else one per CPU core (each with cores / N
+    # threads: small nets train more per second as N one-thread processes), at most n_trials
+    n_workers: Any = 1
     # max_failure_rate, as upstream: stop when the share of failed trials among those this
     # sweep finished exceeds it (1.0: failures never stop the sweep). max_failures: stop when
     # more trials than this failed; auto: 5, or no count limit when max_failure_rate is set;

@@ -311,6 +311,27 @@ def _check_unread(job: DictConfig, swept: set[str], choices: Mapping[str, Any]) 
         )
 
 
+def check_effective_step(keys: Any, distributions: Mapping[str, Any]) -> None:
+    """``hydra.sweeper.effective_step=[lr, momentum]``: two searched keys, the first a log-scale
+    interval of positive numbers, the second an interval inside [0, 1)."""
+    if keys is None:
+        return
+    keys = list(keys)
+    where = f"hydra.sweeper.effective_step={keys}"
+    if len(keys) != 2 or len(set(keys)) != 2:
+        raise SweepConfigError(f"{where}: must name two searched keys, the learning rate and the momentum: [lr, momentum]")
+    lr, m = (distributions.get(k) for k in keys)
+    for key, dist in zip(keys, (lr, m)):
+        if dist is None:
+            raise SweepConfigError(f"{where}: {key} is not searched; sweep it, e.g. {key}=interval(...)")
+        if type(dist).__name__ != "FloatDistribution" or dist.step is not None:
+            raise SweepConfigError(f"{where}: {key} must be a continuous interval(...), not {dist}")
+    if not lr.log:
+        raise SweepConfigError(f"{where}: {keys[0]} must be searched on a log scale: {keys[0]}=tag(log, interval(...))")
+    if not 0 <= m.low <= m.high < 1:
+        raise SweepConfigError(f"{where}: {keys[1]}=interval({m.low}, {m.high}) must lie inside [0, 1)")
+
+
 OPTIMLAB_SWEEPER = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
 
 
@@ -326,6 +347,7 @@ SWEEPER_BOUNDS = {
     "n_trials": (1, False), "n_jobs": (1, False), "n_workers": (1, False), "max_failures": (0, True),
     "max_retry": (0, False), "heartbeat_interval": (1, True), "grace_period": (1, True),
 }  # fmt: skip
+AUTO_KEYS = ("max_failures", "n_workers")  # keys that also take `auto`
 
 
 def check_sweeper(sweeper: DictConfig) -> None:
@@ -334,10 +356,10 @@ def check_sweeper(sweeper: DictConfig) -> None:
         if key not in sweeper:
             continue
         value = sweeper.get(key)
-        if (value is None and nullable) or (key == "max_failures" and value == "auto"):
+        if (value is None and nullable) or (key in AUTO_KEYS and value == "auto"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            allowed = f"an integer >= {low}" + (" or null" if nullable else "") + (", or auto" if key == "max_failures" else "")
+            allowed = f"an integer >= {low}" + (" or null" if nullable else "") + (", or auto" if key in AUTO_KEYS else "")
             raise SweepConfigError(f"hydra.sweeper.{key}={value}: must be {allowed}")
     if "pack" in sweeper:
         check_pack(sweeper.get("pack"))

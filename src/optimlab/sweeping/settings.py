@@ -18,6 +18,8 @@ from omegaconf import MISSING, DictConfig
 
 from optimlab import objective as objectives
 
+AUTO = "auto"  # n_workers: auto (resolved by the sweeper once it knows the device)
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
@@ -32,9 +34,10 @@ class SweepSettings:
     max_failure_rate: float
     search_space: DictConfig | None
     custom_search_space: str | None
+    effective_step: Any  # [lr key, momentum key] or None
     params: DictConfig | None
     pruner: DictConfig | None
-    n_workers: int
+    n_workers: int  # "auto" until the sweeper resolves it (workers.auto_count)
     max_failures: int | None
     heartbeat_interval: int | None
     grace_period: int | None
@@ -65,7 +68,7 @@ class SweepSettings:
             **given,
             "study_name": given["study_name"] or "optimlab",
             "n_jobs": max(1, given["n_jobs"]),
-            "n_workers": max(1, given["n_workers"]),
+            "n_workers": given["n_workers"] if given["n_workers"] == AUTO else max(1, given["n_workers"]),
             "max_failure_rate": 1.0 if rate is None else rate,
             "max_failures": max_failures,
         })  # fmt: skip

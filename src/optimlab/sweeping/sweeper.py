@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -35,14 +36,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective as objectives
-from optimlab.config.sweeps import SweepChecks, check_objectives, check_settings, models_deferred, refuse
+from optimlab.config.sweeps import (
+    SweepChecks, check_effective_step, check_objectives, check_settings, models_deferred, refuse,
+)
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
 from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
-from optimlab.sweeping.settings import SweepSettings
+from optimlab.sweeping.settings import AUTO, SweepSettings
 from optimlab.sweeping.storage import _cache as storage_cache
 from optimlab.sweeping.storage import absolute_url, default_storage_url, is_rdb, open_storage, redact
 
@@ -114,7 +117,11 @@ class OptimlabSweeperImpl(Sweeper):
         except ConfigError as e:
             refuse(e)  # before the first trial, and before anything is written
         s = self.settings
-        space = upstream.search_space(s.params, s.search_space, s.custom_search_space, arguments)
+        space = upstream.search_space(s.params, s.search_space, s.custom_search_space, arguments, s.effective_step)
+        try:
+            check_effective_step(s.effective_step, space.distributions)
+        except ConfigError as e:
+            refuse(e)
         # optimlab's runs are seeded: trials without a search space repeat one run (another app's
         # task may be random, and upstream runs n_trials such jobs: it keeps that)
         if not space.distributions and space.extender is None and packing.is_optimlab_task(self.task_function):
@@ -123,6 +130,8 @@ class OptimlabSweeperImpl(Sweeper):
                 "hydra.sweeper.params): every trial would be the same run; add one, e.g. lr=interval(0.001,0.1), "
                 "or sweep the seed to repeat a run: seed=range(0,5)"
             ))  # fmt: skip
+        if self.settings.n_workers == AUTO:
+            self._resolve_workers()
         sweep = self._open(space)
         if self.settings.n_workers > 1 and self.settings.session is None:
             return self._run_workers(sweep)
@@ -202,7 +211,9 @@ class OptimlabSweeperImpl(Sweeper):
         except Exception:  # noqa: BLE001 - the trials will say what is wrong; the sweep's own config defines it
             job = self.config
         own = packing.is_optimlab_task(self.task_function)
-        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own)
+        step = upstream.step_name(*space.step) if space.step else None
+        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own,
+                             step=step)  # fmt: skip
 
     def _check_study(self, study, url: str) -> None:
         """A resumed study has this sweep's directions (Optuna would load it silently)."""
@@ -222,6 +233,16 @@ class OptimlabSweeperImpl(Sweeper):
             # resumed or parallel workers must not replay the same random startup trials
             cfg["seed"] = int(cfg["seed"]) + len(study.get_trials(deepcopy=False)) + 1000 * self.settings.worker_index
         return instantiate(upstream.sampler_kwargs(cfg))
+
+    def _resolve_workers(self) -> None:
+        """``n_workers: auto``, from where the trials train (another app's: a GPU if one is visible)."""
+        gpu_ids = workers.gpus(True)
+        device = self._device_type() if packing.is_optimlab_task(self.task_function) else ("cuda" if gpu_ids else "cpu")
+        n, why = workers.auto_count(device, self.settings.n_trials, gpu_ids)
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, workers.cores() // n))
+        log.info("hydra.sweeper.n_workers=auto: %d worker(s) (%s)%s", n, why,
+                 f", {threads} CPU thread(s) each" if device == "cpu" else "")  # fmt: skip
+        self.settings = dataclasses.replace(self.settings, n_workers=n)
 
     def _device_type(self) -> str:
         """Where this worker's trials train (cpu, cuda, mps), as a run resolves ``device``."""

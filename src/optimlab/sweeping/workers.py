@@ -159,6 +159,30 @@ def _poll_parent(parent: int, stop: Stop, interval: float = 1.0) -> None:
 # --------------------------------------------------------------------------- many workers
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity: a Slurm or container allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_count(device_type: str, n_trials: int, gpu_ids: list[str]) -> tuple[int, str]:
+    """``n_workers: auto``: how many workers, and why (for the log line). On CUDA one per
+    visible GPU; on CPU one per core, each with one core's threads (``start``), since small
+    nets train more images per second as one-thread processes than as one process whose
+    threads meet at OpenMP barriers after every small operator (bench/RESULTS.md)."""
+    if device_type == "cuda":
+        n, why = max(1, len(gpu_ids)), f"{max(1, len(gpu_ids))} GPU(s)"
+    elif device_type == "cpu":
+        n = cores()
+        why = f"{n} CPU cores"
+    else:
+        n, why = 1, f"trials on {device_type}"
+    n = max(1, min(n, n_trials))
+    return n, why + (f"; at most n_trials={n_trials}" if n == n_trials and n_trials < cores() else "")
+
+
 def gpus(assign: bool) -> list[str]:
     """The GPUs to share out among the workers (``assign_gpus``): the visible ones."""
     if not assign:
@@ -197,7 +221,7 @@ def start(commands: list[list[str]], stop: Stop, gpus: list[str]) -> list[subpro
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         # N workers on one machine share its cores: N processes each running torch's
         # default of one thread per core oversubscribe the CPU and all slow down.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(commands))))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // len(commands))))
         procs.append(subprocess.Popen(cmd, env=child_env(env)))
         log.info("worker %d started (pid %d)%s", i, procs[-1].pid,
                  f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if len(gpus) > 1 else "")  # fmt: skip
