@@ -38,13 +38,11 @@ import math
 import os
 import platform
 import shlex
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +60,7 @@ TITLES = {"lenet": "digits, LeNet, 9 epochs", "relucnn": "16×16 digits, 537 tra
 TASK: list[str] = []  # the chosen task's overrides
 OPTIMLAB_EXTRA: list[str] = []  # overrides of the optimlab side only (a variant of the preset)
 SPACE = ["lr=tag(log, interval(1e-4, 0.1))", "momentum=interval(0.0, 0.95)"]
-PRESET = "lr_momentum_fast"
+PRESET = ["lr_momentum_fast"]  # --preset
 
 
 def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
@@ -74,7 +72,7 @@ def methods(seed: int, trials: int, work: Path) -> dict[str, list[str]]:
             f"hydra.sweeper.study_name={up}", f"hydra.sweep.dir={work / up}",
         ],
         "optimlab": [
-            f"sweep={PRESET}", f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
+            f"sweep={PRESET[0]}", f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
             "hydra.sweeper.max_failures=null", f"hydra.sweeper.study_name={ol}", f"hydra.sweep.dir={work / ol}",
             *OPTIMLAB_EXTRA,
         ],
@@ -91,18 +89,18 @@ def trial_folder(sweep_dir: Path, number: int) -> Path | None:
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED"}  # summary.json status -> study state (others: FAIL)
 
 
-def study_rows(db: Path, study: str) -> list[tuple]:
-    """(number, state, completion time, value) of each trial in an optimlab study."""
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(
-            "SELECT t.number, t.state, t.datetime_complete, v.value "
-            "FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "WHERE s.study_name = ? ORDER BY t.number", (study,)
-        ).fetchall()  # fmt: skip
-    finally:
-        con.close()
+def study_rows(sweep_dir: Path, study: str) -> list[tuple]:
+    """(number, state, completion time, value) of each trial in an optimlab study: its SQLite
+    file (one worker) or journal file (several)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = sweep_dir / "optuna.journal"
+    storage = (JournalStorage(JournalFileBackend(str(journal))) if journal.exists()
+               else f"sqlite:///{sweep_dir / 'optuna.db'}")  # fmt: skip
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return [(t.number, t.state.name, t.datetime_complete, t.values[0] if t.values else None) for t in trials]
 
 
 def folder_rows(sweep_dir: Path) -> list[tuple]:
@@ -123,14 +121,14 @@ def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
     A trial's end is the last write into its run folder (summary.json, the final plots),
     on both sides: the study's own completion time would be late for the upstream
     sweeper, which asks and tells ``n_jobs`` trials at a time."""
-    rows = folder_rows(sweep_dir) if method == "upstream" else study_rows(sweep_dir / "optuna.db", study)
+    rows = folder_rows(sweep_dir) if method == "upstream" else study_rows(sweep_dir, study)
     out = []
     for n, state, complete, value in rows:
         folder = trial_folder(sweep_dir, n)
         files = [f for f in folder.rglob("*") if f.is_file() and f.name != ".lock"] if folder else []
         end = max((f.stat().st_mtime for f in files), default=None)
         if end is None and complete:  # Optuna stores naive local times (datetime.now())
-            end = datetime.fromisoformat(complete).timestamp()
+            end = complete.timestamp()
         metrics = folder / "metrics.csv" if folder else None
         epochs = len(metrics.read_text().strip().splitlines()) - 1 if metrics and metrics.is_file() else 0
         out.append({"number": n, "state": state, "end": end, "value": value, "epochs": epochs, "folder": folder})
@@ -173,6 +171,16 @@ def counts(trials: list[dict]) -> str:
     for t in trials:
         found[t["state"]] = found.get(t["state"], 0) + 1
     return " ".join(f"{n} {s}" for s, n in sorted(found.items()))
+
+
+def epochs_by(result: dict, target: float) -> int | str:
+    """Epochs of the trials that had ended when ``result``'s sweep first reached ``target``."""
+    t = time_to(result["curve"], target)
+    if not math.isfinite(t):
+        return "—"
+    ends = [(tr["end"], tr["epochs"]) for tr in result["trials"] if tr["end"] is not None]
+    start = min(e for e, _ in ends) - result["first_end"]  # the sweep's start, as an epoch time
+    return sum(ep for e, ep in ends if e - start <= t + 1e-6)
 
 
 def ttt_ratio(mine: float, theirs: float) -> float:
@@ -296,6 +304,48 @@ def random_search(n: int, work: Path) -> None:
     print("values:", " ".join(f"{v:.3f}" for v in values))
 
 
+# --------------------------------------------------------------------------- worker layout
+
+
+def layout(work: Path, rounds: int = 3) -> None:
+    """Training speed of the task's trial (one lr, momentum) as a sweep can lay it out on
+    this machine: one process with torch's default threads, one with OMP_NUM_THREADS=1, and
+    as many one-thread processes at once as there are cores (what ``n_workers: auto`` starts).
+    Images per second over all processes, from each run's own steps time; rounds interleaved."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    base = [sys.executable, str(ROOT / "train.py"), *TASK, "lr=0.03", "momentum=0.8", "plots=false", "tensorboard=false"]
+    env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}
+    layouts = {f"1 process, torch's {cores} threads": (1, {}), "1 process, 1 thread": (1, {"OMP_NUM_THREADS": "1"}),
+               f"{cores} processes, 1 thread each": (cores, {"OMP_NUM_THREADS": "1"})}  # fmt: skip
+    rates: dict[str, list[float]] = {k: [] for k in layouts}
+    for r in range(rounds):
+        for name, (n, extra) in layouts.items():
+            dirs = [work / "layout" / f"{r}_{len(rates[name])}_{i}" for i in range(n)]
+            procs = [subprocess.Popen([*base, f"hydra.run.dir={d}"], env={**env, **extra}, cwd=work,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]  # fmt: skip
+            for p in procs:
+                p.wait()
+            rate = 0.0
+            for d in dirs:
+                summary = json.loads((d / "summary.json").read_text())
+                rate += summary["epochs_completed"] * train_images(d) / summary["durations"]["steps_s"]
+            rates[name].append(rate)
+            print(f"round {r} {name:32s} {rate:8.0f} images/s", flush=True)
+    print("\n| layout | training images/s, all processes (median of rounds) | vs 1 process, default threads |\n|---|---|---|")
+    first = statistics.median(next(iter(rates.values())))
+    for name, rs in rates.items():
+        print(f"| {name} | {statistics.median(rs):.0f} | {statistics.median(rs) / first:.2f}× |")
+
+
+def train_images(run_dir: Path) -> int:
+    """Training images per epoch of a run, from the first line its runner logged."""
+    text = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
+    for line in text.splitlines():
+        if " train, " in line:
+            return int(line.split(" train, ")[0].rsplit(" ", 1)[-1])
+    raise SystemExit(f"no training-set size in {run_dir}/train.log")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -307,6 +357,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["upstream", "optimlab"], nargs="+", default=["upstream", "optimlab"])
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "sweep_time_to_target.png", help="'' for none")
     ap.add_argument("--breakdown", action="store_true", help="print where a trial's wall time goes, per method")
+    ap.add_argument("--layout", action="store_true", help="only the worker-layout check: 1 process × default "
+                    "threads vs cores × 1-thread processes, training images/s")
     ap.add_argument("--random", type=int, metavar="N", help="only a random search of N trials over the space")
     ap.add_argument("--work", type=Path, help="work folder (default: a new temp folder)")
     ap.add_argument("--json", type=Path, help="write every trial's times and values here")
@@ -315,6 +367,7 @@ def main() -> None:
     ap.add_argument("--threads", default="", help="OMP_NUM_THREADS of both methods' processes (default: unset, "
                     "each side's own: torch's default upstream, the preset's worker layout in optimlab; 1: steadier "
                     "on a CPU shared with other work, where 2-thread OpenMP barriers stall)")
+    ap.add_argument("--preset", default=PRESET[0], help="the optimlab side's sweep= preset")
     ap.add_argument("--task", choices=sorted(TASKS), default="lenet", help="the task both sides sweep")
     ap.add_argument("--upstream-json", type=Path, help="with --only optimlab: the upstream side of a run saved with "
                     "--json (a variant of the preset against it; the headline comes from one interleaved run)")
@@ -322,6 +375,7 @@ def main() -> None:
     args = ap.parse_args()
     TASK.extend(TASKS[args.task])
     OPTIMLAB_EXTRA.extend(args.extra)
+    PRESET[0] = args.preset
     if args.plot == ap.get_default("plot") and args.task != "lenet":
         args.plot = ROOT / "docs" / f"sweep_time_to_target_{args.task}.png"
     if args.threads:
@@ -334,6 +388,8 @@ def main() -> None:
     print("task:", shlex.join([*TASK, *SPACE]), "|", " ".join(f"{k}={v}" for k, v in THREADS.items()), flush=True)
     if args.random:
         return random_search(args.random, work)
+    if args.layout:
+        return layout(work)
 
     if args.from_json:  # the tables and the plot again, from a saved run
         results = json.loads(args.from_json.read_text())
@@ -404,6 +460,9 @@ def summarize(results: dict[str, list[dict]], args) -> None:
     print(f"| **median** | {fmt_s(med(ttts['upstream']))} | {fmt_s(med(ttts['optimlab']))} | **{fmt_r(med(ttt_ratios))}** | "
           f"{med([u['best'] for u in up]):.4f} | {med([o['best'] for o in ol]):.4f} | {med([u['wall'] for u in up]):.1f} | "
           f"{med([o['wall'] for o in ol]):.1f} | {med(ratios):.2f} |")  # fmt: skip
+    # load-free: the epochs each side had trained when it first reached the target
+    print("\nepochs trained by the time the target was reached (all trials ended by then), per seed: "
+          + "; ".join(f"{m} " + " ".join(str(epochs_by(r, target)) for r in rs) for m, rs in results.items()))
     reached = sum(math.isfinite(t) for t in ttts["optimlab"])
     up_reached = sum(math.isfinite(t) for t in ttts["upstream"])
     print(f"\nmedian time-to-target ratio {fmt_r(med(ttt_ratios))} (target {target:.4f}; optimlab reached it in "

@@ -1,5 +1,6 @@
 """The samplers of ``hydra/sweeper/sampler=…``: the same names and keys as hydra-optuna-sweeper's
-(tpe, random, cmaes, nsgaii, motpe, grid), so a config written for it selects the same sampler.
+(tpe, random, cmaes, nsgaii, motpe, grid), so a config written for it selects the same sampler;
+and Optuna's GPSampler (gp).
 
 Each is built with ``hydra.utils.instantiate``; keys Optuna has deprecated since are dropped
 at their defaults (optimlab.sweeping.upstream.sampler_kwargs)."""
@@ -70,6 +71,17 @@ class NSGAIISamplerConfig(SamplerConfig):
 
 
 @dataclass
+class GPSamplerConfig(SamplerConfig):
+    """Optuna's Gaussian-process sampler (not in hydra-optuna-sweeper): for small continuous
+    spaces. It models COMPLETE trials only, so pruned trials teach it nothing."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
+@dataclass
 class MOTPESamplerConfig(TPESamplerConfig):
     """Optuna 4 folded MOTPE into TPESampler: it is the multi-objective TPE."""
 
@@ -77,6 +89,7 @@ class MOTPESamplerConfig(TPESamplerConfig):
 SAMPLERS = {
     "tpe": TPESamplerConfig, "random": RandomSamplerConfig, "cmaes": CmaEsSamplerConfig,
     "nsgaii": NSGAIISamplerConfig, "motpe": MOTPESamplerConfig, "grid": GridSamplerConfig,
+    "gp": GPSamplerConfig,
 }  # fmt: skip
 
 for _name, _node in SAMPLERS.items():
