@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -38,7 +39,7 @@ from optimlab import objective as objectives
 from optimlab.config.sweeps import SweepChecks, check_objectives, check_settings, models_deferred, refuse
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
-from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
+from optimlab.sweeping import cluster, definition, loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
@@ -74,6 +75,7 @@ class OptimlabSweeperImpl(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
+        cluster.prepare(self.launcher, config.hydra.launcher)  # hydra/launcher=ray: as a sweep needs it
         # the run's own objective(s) (optimlab's train.py), unless the sweep names directions
         found = config.get("objective")
         metrics, directions = objectives.targets(found) if found is not None else ([], ["minimize"])
@@ -100,6 +102,7 @@ class OptimlabSweeperImpl(Sweeper):
                     sys.stderr.flush()
                     raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
+                cluster.disconnect()  # hydra/launcher=ray: Ray ends this driver's tasks now
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
                           status, signal.Signals(self.stop.signum).name)  # fmt: skip
@@ -138,6 +141,10 @@ class OptimlabSweeperImpl(Sweeper):
         given = self.settings.storage
         url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
+        try:
+            cluster.check_storage(url, self.config.hydra.launcher, redact(url))  # Ray workers elsewhere
+        except SweepConfigError as e:
+            refuse(e)
         if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
             try:
                 SweepChecks().check_models(self.config)
@@ -260,6 +267,7 @@ class OptimlabSweeperImpl(Sweeper):
             workers.command(i, session, sweep.sweep_dir, sweep.storage_url, self.settings.study_name)
             for i in range(self.settings.n_workers)
         ]
+        os.environ.update(cluster.shared_instance(self.config.hydra.launcher))  # one local Ray for all
         procs = workers.start(commands, self.stop, workers.gpus(self.settings.assign_gpus))
         try:
             codes = workers.wait(procs)
