@@ -12,6 +12,8 @@ trial each. This module adds what the sweep needs around it:
   trial FAIL and continues it from its checkpoint, as on every launcher. Connecting to an
   existing cluster drops the launcher's ``object_store_memory`` default, which Ray refuses
   there (hydra issue #2893);
+- :func:`connect`: Ray joined before the first trial, so the sweep takes back its stop
+  signals (``ray.init`` replaces the SIGTERM handler);
 - :func:`shared_instance`: a parent of several workers starts one local Ray instance for all;
 - :func:`lost`: whether a launcher's error says the task's worker or node died.
 
@@ -107,6 +109,20 @@ def prepare(launcher: Any, launcher_cfg: Any) -> None:
                 init.setdefault("object_store_memory", None)
 
 
+def connect(launcher: Any, launcher_cfg: Any) -> bool:
+    """Join Ray (the launcher's own ``start_ray``) before the launcher's first call, so that the
+    sweep can take back the stop signals ``ray.init`` takes; whether it just joined."""
+    if not is_ray(launcher_cfg) or not hasattr(launcher, "ray_cfg"):
+        return False
+    import ray
+    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+    if ray.is_initialized():
+        return False
+    start_ray(launcher.ray_cfg.init)
+    return True
+
+
 def shared_instance(launcher_cfg: Any) -> dict[str, str]:
     """The environment of a parent's workers: one local Ray instance, started here, that all of
     them join (each would otherwise start its own, each scheduling on every core)."""
@@ -118,6 +134,15 @@ def shared_instance(launcher_cfg: Any) -> dict[str, str]:
     if not ray.is_initialized():
         ray.init(**{k: v for k, v in OmegaConf.to_container(launcher_cfg.ray.init, resolve=True).items() if k != "address"})
     return {ADDRESS_ENV: ray.get_runtime_context().gcs_address}
+
+
+def unwrapped(error: SystemError) -> BaseException:
+    """The stop (Preempted, KeyboardInterrupt) that a signal raised while ``ray.get`` waited:
+    Ray hands it on wrapped in a SystemError; any other SystemError as it is."""
+    from optimlab.run.signals import status_of
+
+    cause = error.__cause__
+    return cause if cause is not None and status_of(cause) else error
 
 
 def lost(error: BaseException) -> str | None:

@@ -268,6 +268,7 @@ class OptimlabSweeperImpl(Sweeper):
             for i in range(self.settings.n_workers)
         ]
         os.environ.update(cluster.shared_instance(self.config.hydra.launcher))  # one local Ray for all
+        self.stop.rearm()  # ray.init took SIGTERM
         procs = workers.start(commands, self.stop, workers.gpus(self.settings.assign_gpus))
         try:
             codes = workers.wait(procs)
@@ -288,4 +289,9 @@ class OptimlabSweeperImpl(Sweeper):
         if self.pack_size > 1:
             side = packing.JobSide(self.launcher, self.hydra_context, self.config, self.task_function)
             return packing.launch(side, self.pack_size, trials, jobs)
-        return self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+        if cluster.connect(self.launcher, self.config.hydra.launcher):
+            self.stop.rearm()  # ray.init took SIGTERM
+        try:
+            return self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+        except SystemError as e:  # a stop signal while ray.get waited, wrapped by Ray
+            raise cluster.unwrapped(e) from None
