@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab.config import CONFIG_DIR, CONFIG_NAME, resolvers, validate
-from optimlab.config.hints import home_hints, suggest_overrides
+from optimlab.config.hints import home_hints, missing_plugin, suggest_overrides
 from optimlab.errors import OptimlabError, StorageError
 from optimlab.run import signals
 
@@ -144,6 +144,10 @@ def main() -> None:
     """
     resolvers.register()
     FAILED_JOBS.clear()
+    missing = missing_plugin(sys.argv[1:])
+    if missing:  # before Hydra: it would print its group's options, not what to install
+        sys.stderr.write(f"Error: {missing}\n")
+        sys.exit(2)
     try:
         hydra_main()
     except SystemExit as e:

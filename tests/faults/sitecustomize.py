@@ -77,7 +77,8 @@ if _HANG:
     DeviceData.train_batches = _hanging_batches
 
 # ``OPTIMLAB_BLOCK_IMPORT=wandb,mlflow``: those packages (and their submodules) cannot be
-# imported, as in an environment where they were never installed.
+# imported, as in an environment where they were never installed; a dotted name
+# (``hydra_plugins.hydra_ray_launcher``) blocks that module and its submodules only.
 _BLOCKED = tuple(m for m in os.environ.get("OPTIMLAB_BLOCK_IMPORT", "").split(",") if m)
 
 if _BLOCKED:
@@ -85,7 +86,7 @@ if _BLOCKED:
 
     class _Blocker:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in _BLOCKED:
+            if any(name == b or name.startswith(b + ".") for b in _BLOCKED):
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
 

@@ -107,3 +107,33 @@ def _suggest_key(cfg: DictConfig, key: str, top_groups: list[str]) -> str | None
         match = closest(part, candidates)
         return ".".join([*parts[:i], match, *parts[i + 1 :]]) if match else None
     return None
+
+
+# group options that come from an optional Hydra plugin: group -> option -> (its module, what installs it)
+PLUGIN_OPTIONS = {
+    "hydra/launcher": {
+        "ray": ("hydra_plugins.hydra_ray_launcher", "optimlab[ray]"),
+        "ray_aws": ("hydra_plugins.hydra_ray_launcher", "optimlab[ray]"),
+    },
+}
+
+
+def missing_plugin(args: list[str]) -> str | None:
+    """A command-line choice of a plugin's option (``hydra/launcher=ray``) whose plugin is not
+    installed: the line saying what to install (Hydra would list the group's other options)."""
+    import importlib.util
+
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        plugin = PLUGIN_OPTIONS.get(key.strip().lstrip("+~"), {}).get(value.strip().strip("'\"")) if eq else None
+        if plugin is None:
+            continue
+        module, extra = plugin
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return (f"{arg} needs the Hydra plugin {module.split('.')[-1].replace('_', '-')}, which is not installed: "
+                    f"pip install '{extra}' (in a clone: uv sync --extra {extra[extra.index('[') + 1:-1]})")  # fmt: skip
+    return None

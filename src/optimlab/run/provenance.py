@@ -94,7 +94,24 @@ def environment() -> dict[str, Any]:
         "versions": versions(),
         "git": git_info(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "ray": ray_task(),
     }
+
+
+def ray_task() -> dict[str, Any] | None:
+    """Where this process runs as a Ray task (``hydra/launcher=ray``): its node, worker pid and
+    the resources Ray assigned it; None outside a Ray task (ray is never imported for it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        ctx = ray.get_runtime_context()
+        if ctx.worker.mode != ray.WORKER_MODE:
+            return None
+        return {"node_id": ctx.get_node_id(), "task_id": ctx.get_task_id(), "pid": os.getpid(),
+                "assigned_resources": dict(ctx.get_assigned_resources())}  # fmt: skip
+    except Exception:  # noqa: BLE001 - provenance must never fail a run
+        return None
 
 
 def command_line() -> str:

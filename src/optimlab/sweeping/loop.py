@@ -35,7 +35,7 @@ from optimlab.errors import Pruned, StorageUnreachable, SweepStopped, is_disk_fu
 from optimlab.observe.context import TrialLink
 from optimlab.run.folder import RunFolder
 from optimlab.run.signals import SAID, SIGNALS, status_of
-from optimlab.sweeping import attempts, outage, summary, upstream
+from optimlab.sweeping import attempts, cluster, outage, summary, upstream
 from optimlab.sweeping.settings import SweepSettings
 from optimlab.sweeping.storage import is_rdb, outage_of, redact, study_lock
 from optimlab.sweeping.workers import SWEEP_LOGGER, Stop
@@ -246,7 +246,7 @@ class WorkerLoop:
         except StorageUnreachable as e:  # before the jobs started
             raise self.storage_stop(batch, e) from None
         if returns is None:
-            return  # a stop signal ended them: they resume
+            return  # a stop signal ended them, or their Ray task died: they resume
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # back from the job's log
         ends, error = [], None
         for trial, ret in zip(batch, returns):
@@ -299,7 +299,8 @@ class WorkerLoop:
 
     def _launch(self, batch: list, jobs: list[list[str]]) -> list[JobReturn] | None:
         """The jobs' returns, with heartbeats while they run; None when a stop signal ended
-        them (each trial FAIL and marked to resume from its last finished epoch)."""
+        them, or their Ray task died (each trial FAIL and marked to resume from its last
+        finished epoch)."""
         beat = self.sweep.heartbeat
         with Heartbeat(self.sweep.storage, [self.sweep.trial_id(t) for t in batch] if beat else [], beat):
             try:
@@ -307,6 +308,12 @@ class WorkerLoop:
                     return self.launch(batch, jobs)
             except BaseException as e:
                 stopped, host = status_of(e), socket.gethostname()
+                lost = cluster.lost(e)
+                if lost is not None:  # hydra/launcher=ray: the task's worker or node died, not the trial
+                    for trial in batch:
+                        attempts.mark_dead(self.study, self.sweep.storage, trial, lost, attempts.DIED)
+                    self.sweep.write_tables()
+                    return None  # each continues from its checkpoint (max_retry times), as a dead worker's
                 if stopped:  # the worker stops now: it does not wait for an unreachable storage either
                     self.stop.signum = self.stop.signum or SIGNALS[stopped]
                     outage.stop_waiting()

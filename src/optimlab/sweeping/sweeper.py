@@ -41,7 +41,7 @@ from optimlab.config.sweeps import (
 )
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
-from optimlab.sweeping import definition, loop, packing, summary, upstream, workers
+from optimlab.sweeping import cluster, definition, loop, packing, summary, upstream, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
@@ -77,6 +77,7 @@ class OptimlabSweeperImpl(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
+        cluster.prepare(self.launcher, config.hydra.launcher)  # hydra/launcher=ray: as a sweep needs it
         # the run's own objective(s) (optimlab's train.py), unless the sweep names directions
         found = config.get("objective")
         metrics, directions = objectives.targets(found) if found is not None else ([], ["minimize"])
@@ -103,6 +104,7 @@ class OptimlabSweeperImpl(Sweeper):
                     sys.stderr.flush()
                     raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
+                cluster.disconnect()  # hydra/launcher=ray: Ray ends this driver's tasks now
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
                           status, signal.Signals(self.stop.signum).name)  # fmt: skip
@@ -147,6 +149,10 @@ class OptimlabSweeperImpl(Sweeper):
         given = self.settings.storage
         url = absolute_url(given) if given else default_storage_url(sweep_dir, self.settings.n_workers)
         storages.check(url)
+        try:
+            cluster.check_storage(url, self.config.hydra.launcher, redact(url))  # Ray workers elsewhere
+        except SweepConfigError as e:
+            refuse(e)
         if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
             try:
                 SweepChecks().check_models(self.config)
@@ -281,6 +287,8 @@ class OptimlabSweeperImpl(Sweeper):
             workers.command(i, session, sweep.sweep_dir, sweep.storage_url, self.settings.study_name)
             for i in range(self.settings.n_workers)
         ]
+        os.environ.update(cluster.shared_instance(self.config.hydra.launcher))  # one local Ray for all
+        self.stop.rearm()  # ray.init took SIGTERM
         procs = workers.start(commands, self.stop, workers.gpus(self.settings.assign_gpus))
         try:
             codes = workers.wait(procs)
@@ -301,4 +309,9 @@ class OptimlabSweeperImpl(Sweeper):
         if self.pack_size > 1:
             side = packing.JobSide(self.launcher, self.hydra_context, self.config, self.task_function)
             return packing.launch(side, self.pack_size, trials, jobs)
-        return self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+        if cluster.connect(self.launcher, self.config.hydra.launcher):
+            self.stop.rearm()  # ray.init took SIGTERM
+        try:
+            return self.launcher.launch(jobs, initial_job_idx=trials[0].number)
+        except SystemError as e:  # a stop signal while ray.get waited, wrapped by Ray
+            raise cluster.unwrapped(e) from None

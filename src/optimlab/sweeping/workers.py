@@ -67,6 +67,13 @@ class Stop:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
+    def rearm(self) -> None:
+        """Take SIGTERM and Ctrl-C back from a library that set its own handlers (``ray.init``
+        replaces SIGTERM's)."""
+        if self._previous:
+            for s in SIGNALS:
+                signal.signal(s, self._handle)
+
     def _handle(self, signum, frame) -> None:
         first = self.signum is None
         self.signum = signum
@@ -233,7 +240,13 @@ def start(commands: list[list[str]], stop: Stop, gpus: list[str]) -> list[subpro
 def wait(procs: list[subprocess.Popen]) -> list[int]:
     """The workers' exit codes; Ctrl-C here goes on to the workers still running, and waits for them."""
     try:
-        return [p.wait() for p in procs]
+        for p in procs:
+            # in slices: a signal taken by another thread (Ray's, with hydra/launcher=ray) must not
+            # leave the main thread blocked in waitpid, its handler never run
+            while p.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=0.5)
+        return [p.returncode for p in procs]
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:
