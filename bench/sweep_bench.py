@@ -100,7 +100,8 @@ def study_rows(sweep_dir: Path, study: str) -> list[tuple]:
     storage = (JournalStorage(JournalFileBackend(str(journal))) if journal.exists()
                else f"sqlite:///{sweep_dir / 'optuna.db'}")  # fmt: skip
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    return [(t.number, t.state.name, t.datetime_complete, t.values[0] if t.values else None) for t in trials]
+    return [(t.number, t.state.name, t.datetime_complete, t.values[0] if t.values else None, t.user_attrs.get("worker", 0))
+            for t in trials]  # fmt: skip
 
 
 def folder_rows(sweep_dir: Path) -> list[tuple]:
@@ -111,7 +112,7 @@ def folder_rows(sweep_dir: Path) -> list[tuple]:
         summary = folder / "summary.json"
         s = json.loads(summary.read_text()) if summary.is_file() else {}
         state = STATES.get(s.get("status"), "FAIL")
-        rows.append((int(folder.name), state, None, (s.get("objective") or {}).get("value") if state == "COMPLETE" else None))
+        rows.append((int(folder.name), state, None, (s.get("objective") or {}).get("value") if state == "COMPLETE" else None, 0))
     return rows
 
 
@@ -123,7 +124,7 @@ def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
     sweeper, which asks and tells ``n_jobs`` trials at a time."""
     rows = folder_rows(sweep_dir) if method == "upstream" else study_rows(sweep_dir, study)
     out = []
-    for n, state, complete, value in rows:
+    for n, state, complete, value, worker in rows:
         folder = trial_folder(sweep_dir, n)
         files = [f for f in folder.rglob("*") if f.is_file() and f.name != ".lock"] if folder else []
         end = max((f.stat().st_mtime for f in files), default=None)
@@ -131,7 +132,10 @@ def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
             end = complete.timestamp()
         metrics = folder / "metrics.csv" if folder else None
         epochs = len(metrics.read_text().strip().splitlines()) - 1 if metrics and metrics.is_file() else 0
-        out.append({"number": n, "state": state, "end": end, "value": value, "epochs": epochs, "folder": folder})
+        summary = folder / "summary.json" if folder else None
+        durations = (json.loads(summary.read_text()).get("durations") or {}) if summary and summary.is_file() else {}
+        out.append({"number": n, "state": state, "end": end, "value": value, "epochs": epochs, "folder": folder,
+                    "worker": worker, "train_s": durations.get("train_s", 0.0)})  # fmt: skip
     return out
 
 
@@ -418,10 +422,13 @@ def main() -> None:
             r = {"seed": seed, "wall": wall, "best": curve[-1][1] if curve else math.nan, "curve": curve,
                  "first_end": min(ends) - t0 if ends else math.nan, "after_last": t0 + wall - max(ends) if ends else math.nan,
                  "epochs": sum(t["epochs"] for t in trials), "cmd": shlex.join(cmd[1:]),
+                 "workers": len({t["worker"] for t in trials}) or 1,
+                 "train_share": sum(t["train_s"] for t in trials) / (wall * (len({t["worker"] for t in trials}) or 1)),
                  "trials": [{k: v for k, v in t.items() if k != "folder"} for t in trials]}  # fmt: skip
             results[method].append(r)
             print(f"seed {seed} {method:9s} {wall:7.1f} s  best {r['best']:.4f}  epochs trained {r['epochs']:3d}  "
                   f"first trial done at {r['first_end']:.1f} s, after the last {r['after_last']:.1f} s  "
+                  f"{r['workers']} worker(s), {r['train_share']:.0%} of their time in epochs  "
                   f"trials: {counts(trials)}", flush=True)  # fmt: skip
             if args.breakdown:
                 print_breakdown(f"seed {seed} {method}", breakdown(trials, t0))
@@ -472,7 +479,8 @@ def summarize(results: dict[str, list[dict]], args) -> None:
           f"{med([o['epochs'] for o in ol])}")  # fmt: skip
     for m, rs in results.items():
         print(f"{m}: median first trial done at {med([r['first_end'] for r in rs]):.1f} s; median time after the "
-              f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s")  # fmt: skip
+              f"last trial (summary, plots, exit) {med([r['after_last'] for r in rs]):.1f} s; share of each worker's "
+              f"time in epochs (training and validation), median {med([r.get('train_share', math.nan) for r in rs]):.0%}")  # fmt: skip
     if args.plot and str(args.plot) not in ("", "."):  # --plot '': no plot
         title = (f"{len(up)} seeds, {args.trials} trials each: {TITLES[args.task]}, lr × momentum\n"
                  f"median time-to-target ratio {fmt_r(med(ttt_ratios))} (target {target:.4f}), "
