@@ -198,7 +198,7 @@ LONGEST_FIRST = (
     "test_reliability_sweeps.py", "test_parallel.py", "test_storage_outage.py", "test_ray.py", "test_foreign_apps.py",
     "test_repro.py", "test_foundation.py", "test_reliability_runs.py", "test_study_definition.py",
     "test_bench_gpu.py", "test_sweep.py", "test_errors.py", "test_sweep_speed.py", "test_loggers.py",
-    "test_packed_sweep.py", "test_sweep_disk_full.py",
+    "test_packed_sweep.py", "test_sweep_disk_full.py", "test_warm_start.py",
 )  # fmt: skip
 
 

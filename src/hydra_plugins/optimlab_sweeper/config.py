@@ -129,6 +129,12 @@ class OptimlabSweeperConf:
     # space); resuming it with another one is refused unless allow_changes, which records the
     # change in the study (user attribute optimlab.changes) and goes on
     allow_changes: bool = False
+    # warm start: a NEW study (no trials yet) first trains the best warm_start_k COMPLETE trials
+    # of an earlier study (its Pareto front with several objectives), with the params this search
+    # space has when their values lie inside it. The earlier study: its sweep folder, or
+    # <storage URL>#<study name> (without #name: the storage's one study). Resuming leaves it aside
+    warm_start: Optional[str] = None
+    warm_start_k: int = 3
     # summary: plots every plot_every finished trials (0: at the end only); top_k rows logged
     plots: bool = True
     plot_every: int = 0

@@ -346,6 +346,7 @@ def check_settings(sweeper: DictConfig) -> None:
 SWEEPER_BOUNDS = {
     "n_trials": (1, False), "n_jobs": (1, False), "n_workers": (1, False), "max_failures": (0, True),
     "max_retry": (0, False), "heartbeat_interval": (1, True), "grace_period": (1, True),
+    "warm_start_k": (1, False),
 }  # fmt: skip
 AUTO_KEYS = ("max_failures", "n_workers")  # keys that also take `auto`
 

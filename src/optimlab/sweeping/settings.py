@@ -51,6 +51,8 @@ class SweepSettings:
     session: str | None
     pack: Any
     allow_changes: bool  # resume a study whose config or search space changed (recorded in the study)
+    warm_start: str | None = None  # a new study starts with the best trials of this one (sweeping/warm_start.py)
+    warm_start_k: int = 3
 
     @classmethod
     def from_conf(cls, conf: type, kwargs: Mapping[str, Any]) -> SweepSettings:

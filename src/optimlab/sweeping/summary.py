@@ -23,6 +23,7 @@ from optimlab.files import atomic_write_bytes, atomic_write_text
 from optimlab.observe.tables import render
 from optimlab.sweeping.attempts import RESUME_OF, RESUME_REASON
 from optimlab.sweeping.upstream import user_params
+from optimlab.sweeping.warm_start import WARM_START, WARM_START_OF
 from optimlab.sweeping.workers import SWEEP_LOGGER
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     multi = len(study.directions) > 1
     front = pareto_numbers(study)
     top = _best(study) if not multi else None
+    warm = WARM_START in study.user_attrs  # a warm-started study: which source trial each first trial repeats
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         a = t.user_attrs
@@ -84,6 +86,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 "run_dir": a.get("run_dir", ""),
                 "host": a.get("host", ""),
                 "reason": a.get("fail_reason") or later.get(t.number) or "",
+                **({WARM_START_OF: a.get(WARM_START_OF, "")} if warm else {}),
             }
         )
     return rows

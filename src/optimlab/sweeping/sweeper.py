@@ -41,7 +41,7 @@ from optimlab.config.sweeps import (
 )
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
-from optimlab.sweeping import cluster, definition, loop, packing, summary, upstream, workers
+from optimlab.sweeping import cluster, definition, loop, packing, summary, upstream, warm_start, workers
 from optimlab.sweeping import storage as storages
 from optimlab.sweeping.compose import ComposeCache
 from optimlab.sweeping.pruning import make_pruner
@@ -153,6 +153,8 @@ class OptimlabSweeperImpl(Sweeper):
             cluster.check_storage(url, self.config.hydra.launcher, redact(url))  # Ray workers elsewhere
         except SweepConfigError as e:
             refuse(e)
+        # a parent's workers: their parent seeded the study
+        seed = warm_start.plan(self.settings, url, space) if self.settings.session is None else None
         if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
             try:
                 SweepChecks().check_models(self.config)
@@ -179,6 +181,7 @@ class OptimlabSweeperImpl(Sweeper):
             n_trials = min(self.settings.n_trials, math.prod(len(v) for v in grid.values()))
             self.settings = dataclasses.replace(self.settings, n_trials=n_trials)
         study.sampler = sampler
+        warm_start.apply(seed, study, url)
         s = self.settings
         log.info(
             "Study %s in %s: %d/%d trials finished | sampler %s | pruner %s | direction %s | %s",

@@ -116,6 +116,16 @@ class SearchSpace:
         sampled = [f"{name}={quote(v) if isinstance(v, str) else v}" for name, v in params.items()]
         return sampled + [f"{name}={value}" for name, value in self.fixed.items()]
 
+    def study_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` by the user's keys as this space's study samples them (with ``step``:
+        lr / (1 - momentum) in place of lr), e.g. to enqueue a trial."""
+        if self.step is None or self.step[0] not in params or self.step[1] not in params:
+            return dict(params)
+        lr_key, m_key = self.step
+        out = {k: v for k, v in params.items() if k != lr_key}
+        out[self._step_name] = params[lr_key] / (1 - params[m_key])
+        return out
+
     @property
     def _step_name(self) -> str | None:
         return step_name(*self.step) if self.step else None
