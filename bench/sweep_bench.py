@@ -324,7 +324,7 @@ def layout(work: Path, rounds: int = 3) -> None:
     rates: dict[str, list[float]] = {k: [] for k in layouts}
     for r in range(rounds):
         for name, (n, extra) in layouts.items():
-            dirs = [work / "layout" / f"{r}_{len(rates[name])}_{i}" for i in range(n)]
+            dirs = [work / "layout" / f"round{r}_{list(layouts).index(name)}_{i}" for i in range(n)]
             procs = [subprocess.Popen([*base, f"hydra.run.dir={d}"], env={**env, **extra}, cwd=work,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]  # fmt: skip
             for p in procs:
