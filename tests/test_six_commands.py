@@ -50,10 +50,10 @@ def test_sweep_report_rerun_eval_predict_load_agree(tmp_path, capsys, monkeypatc
     proc = train_cli("-m", "sweep=lr_momentum_fast", "hydra.sweeper.n_trials=4", *SMALL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "multirun" / "lr_momentum_fast"
-    # the preset's sampler and worker layout: GPSampler, one single-thread worker per core
+    # the preset's sampler and worker layout: multivariate TPE, one single-thread worker per core
     out = proc.stdout + proc.stderr
     n = min(workers.cores(), 4)
-    assert "sampler GPSampler" in out and f"n_workers=auto: {n} worker(s) ({workers.cores()} CPU cores)" in out, out[-3000:]
+    assert "sampler TPESampler" in out and f"n_workers=auto: {n} worker(s) ({workers.cores()} CPU cores)" in out, out[-3000:]
     ran = {summary(d)["device"]["threads"] for d in sweep.glob("trial_*")}
     assert ran == {max(1, workers.cores() // n)}
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
