@@ -18,6 +18,7 @@ from test_use import write_pngs
 import optimlab
 from optimlab.engine.training import TIMING_COLUMNS
 from optimlab.run.runner import load_data
+from optimlab.sweeping import workers
 from optimlab.use import eval_main, predict_main
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,12 @@ def test_sweep_report_rerun_eval_predict_load_agree(tmp_path, capsys, monkeypatc
     proc = train_cli("-m", "sweep=lr_momentum_fast", "hydra.sweeper.n_trials=4", *SMALL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "multirun" / "lr_momentum_fast"
+    # the preset's sampler and worker layout: multivariate TPE, one single-thread worker per core
+    out = proc.stdout + proc.stderr
+    n = min(workers.cores(), 4)
+    assert "sampler TPESampler" in out and f"n_workers=auto: {n} worker(s) ({workers.cores()} CPU cores)" in out, out[-3000:]
+    ran = {summary(d)["device"]["threads"] for d in sweep.glob("trial_*")}
+    assert ran == {max(1, workers.cores() // n)}
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = Path(results["best_run_dir"])
     assert re.search(rf"Best value \S+ \(trial {results['best_trial']}\)", proc.stdout + proc.stderr)

@@ -75,7 +75,7 @@ def test_the_fast_preset_prunes_and_writes_no_per_trial_plots(tmp_path):
     tiny = [a for a in TINY if a.split("=")[0] not in ("plots", "tensorboard", "epochs")]  # the preset's own
     args = ["-m", "sweep=lr_momentum_fast", *tiny, "epochs=3", "model=lenet", "hydra.sweeper.n_trials=6",
             "hydra.sweeper.plots=false", "lr=tag(log, interval(1e-6, 0.3))", "hydra.sweeper.study_name=s",
-            "hydra.sweeper.max_failures=null"]  # fmt: skip
+            "hydra.sweeper.max_failures=null", "hydra.sweeper.n_workers=1"]  # fmt: skip  (one worker: its SQLite file)
     proc = train_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'multirun' / 's' / 'optuna.db'}")

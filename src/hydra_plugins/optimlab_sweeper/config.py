@@ -78,10 +78,6 @@ class OptimlabSweeperConf:
     search_space: Optional[Dict[str, Any]] = None
     # "module.function": (cfg, trial) -> None adds (conditional) params of its own
     custom_search_space: Optional[str] = None
-    # [lr, momentum]: the study samples the effective step lr / (1 - momentum) (log) and
-    # momentum in place of lr and momentum (SGD's result varies mostly along the step); each
-    # trial runs, records and reports lr = step · (1 - momentum), kept inside lr's range
-    effective_step: Optional[List[str]] = None
 
     pruner: Any = MISSING
     # null: the run's objective.direction

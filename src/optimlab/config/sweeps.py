@@ -311,27 +311,6 @@ def _check_unread(job: DictConfig, swept: set[str], choices: Mapping[str, Any]) 
         )
 
 
-def check_effective_step(keys: Any, distributions: Mapping[str, Any]) -> None:
-    """``hydra.sweeper.effective_step=[lr, momentum]``: two searched keys, the first a log-scale
-    interval of positive numbers, the second an interval inside [0, 1)."""
-    if keys is None:
-        return
-    keys = list(keys)
-    where = f"hydra.sweeper.effective_step={keys}"
-    if len(keys) != 2 or len(set(keys)) != 2:
-        raise SweepConfigError(f"{where}: must name two searched keys, the learning rate and the momentum: [lr, momentum]")
-    lr, m = (distributions.get(k) for k in keys)
-    for key, dist in zip(keys, (lr, m)):
-        if dist is None:
-            raise SweepConfigError(f"{where}: {key} is not searched; sweep it, e.g. {key}=interval(...)")
-        if type(dist).__name__ != "FloatDistribution" or dist.step is not None:
-            raise SweepConfigError(f"{where}: {key} must be a continuous interval(...), not {dist}")
-    if not lr.log:
-        raise SweepConfigError(f"{where}: {keys[0]} must be searched on a log scale: {keys[0]}=tag(log, interval(...))")
-    if not 0 <= m.low <= m.high < 1:
-        raise SweepConfigError(f"{where}: {keys[1]}=interval({m.low}, {m.high}) must lie inside [0, 1)")
-
-
 OPTIMLAB_SWEEPER = "hydra_plugins.optimlab_sweeper.optimlab_sweeper.OptimlabSweeper"
 
 

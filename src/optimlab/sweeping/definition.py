@@ -41,11 +41,9 @@ SHOWN = 6  # changed keys named in the refusal's line
 ABSENT = object()
 
 
-def of(job: DictConfig, space: Mapping[str, BaseDistribution], *, custom: str | None, optimlab_app: bool,
-       step: str | None = None) -> dict:
+def of(job: DictConfig, space: Mapping[str, BaseDistribution], *, custom: str | None, optimlab_app: bool) -> dict:
     """The definition of a study whose trials start from ``job`` (a composed job config)
-    and sample ``space`` (``custom``: the ``custom_search_space`` function, if any; ``step``:
-    the effective step's param, which the study samples in place of the learning rate)."""
+    and sample ``space`` (``custom``: the ``custom_search_space`` function, if any)."""
     swept = [str(k).lstrip("+~").replace("/", ".") for k in space]
     config = {}
     raw = OmegaConf.to_container(job, resolve=False)
@@ -57,8 +55,6 @@ def of(job: DictConfig, space: Mapping[str, BaseDistribution], *, custom: str | 
     found = {"config": config, "space": {str(k): text(d) for k, d in space.items()}}
     if custom:
         found["space"]["custom_search_space"] = custom
-    if step:
-        found["space"]["effective_step"] = step
     choices = job.hydra.runtime.choices if "hydra" in job else {}
     found["choices"] = {str(g): _jsonable(c) for g, c in choices.items() if not str(g).startswith("hydra/")}
     return json.loads(json.dumps(found))  # as the storage gives it back

@@ -361,7 +361,7 @@ class WorkerLoop:
             return self.fail(trial, problem)
         tell_safely(self.study, trial, TrialState.COMPLETE, values)
         shown = values[0] if len(values) == 1 else values
-        log.info("trial %d COMPLETE: %s  %s", trial.number, shown, upstream.user_params(trial))
+        log.info("trial %d COMPLETE: %s  %s", trial.number, shown, dict(trial.params))
 
     def mark_disk_full(self, trial, error: BaseException) -> object:
         """A trial stopped by a full disk: FAIL, and marked to continue from its last

@@ -34,7 +34,6 @@ class SweepSettings:
     max_failure_rate: float
     search_space: DictConfig | None
     custom_search_space: str | None
-    effective_step: Any  # [lr key, momentum key] or None
     params: DictConfig | None
     pruner: DictConfig | None
     n_workers: int  # "auto" until the sweeper resolves it (workers.auto_count)

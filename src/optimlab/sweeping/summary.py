@@ -22,7 +22,6 @@ from optimlab.config import overrides as ovr
 from optimlab.files import atomic_write_bytes, atomic_write_text
 from optimlab.observe.tables import render
 from optimlab.sweeping.attempts import RESUME_OF, RESUME_REASON
-from optimlab.sweeping.upstream import user_params
 from optimlab.sweeping.warm_start import WARM_START, WARM_START_OF
 from optimlab.sweeping.workers import SWEEP_LOGGER
 
@@ -63,7 +62,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     trials = [t for t in every if t.state.name != "WAITING"]
     # an attempt failed by Optuna's heartbeat check has its reason on the trial that continues it
     later = {t.user_attrs[RESUME_OF]: t.user_attrs.get(RESUME_REASON) for t in every if RESUME_OF in t.user_attrs}
-    names = sorted({p for t in trials for p in user_params(t)})
+    names = sorted({p for t in trials for p in t.params})
     multi = len(study.directions) > 1
     front = pareto_numbers(study)
     top = _best(study) if not multi else None
@@ -78,7 +77,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 **_value_columns(study, t),
                 **({"pareto": t.number in front} if multi else {"best": top is not None and t.number == top.number}),
-                **{p: user_params(t).get(p) for p in names},
+                **{p: t.params.get(p) for p in names},
                 "status": a.get("status", ""),
                 "best_epoch": a.get("best_epoch", ""),
                 "epochs": a.get("epochs_completed", ""),
@@ -125,7 +124,7 @@ def trial_command(trial, base_overrides: list[str]) -> str:
     (user attribute :data:`OVERRIDES`), whatever the command that resumed the study later;
     a trial of an older version without them: this sweep's ``base_overrides`` and its params."""
     own = trial.user_attrs.get(OVERRIDES)
-    return best_command(user_params(trial), list(own) if own is not None else base_overrides)
+    return best_command(dict(trial.params), list(own) if own is not None else base_overrides)
 
 
 def best_command(params: dict[str, Any], base_overrides: list[str]) -> str:
@@ -169,7 +168,7 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
         # the upstream plugin's `solutions` (params, values), plus where each is and how to re-run it
         results["objectives"] = study.metric_names  # null: a task's unnamed values
         results["solutions"] = [
-            {"params": user_params(t), "values": list(t.values), "trial": t.number,
+            {"params": dict(t.params), "values": list(t.values), "trial": t.number,
              "run_dir": t.user_attrs.get("run_dir"), "best_command": trial_command(t, base_overrides)}
             for t in _pareto_sorted(study)
         ]  # fmt: skip
@@ -177,7 +176,7 @@ def write_tables(study, sweep_dir: Path, base_overrides: list[str], storage: str
     if best is not None:
         results.update(
             best_trial=best.number,
-            best_params=user_params(best),
+            best_params=dict(best.params),
             best_value=best.value,
             best_run_dir=best.user_attrs.get("run_dir"),
             best_command=trial_command(best, base_overrides),
@@ -292,10 +291,10 @@ def top_table(study, k: int) -> str:
         return "no completed trial"
     direction = study.direction.name.lower()
     complete.sort(key=lambda t: objective.trial_order(t.value, t.number, direction))
-    names = sorted({p for t in complete for p in user_params(t)})
+    names = sorted({p for t in complete for p in t.params})
     header = ["#", "value", *names, "best_epoch", "run_dir"]
     rows = [
-        [str(t.number), f"{t.value:.4g}", *[_short(user_params(t).get(n)) for n in names],
+        [str(t.number), f"{t.value:.4g}", *[_short(t.params.get(n)) for n in names],
          str(t.user_attrs.get("best_epoch", "")), str(t.user_attrs.get("run_dir", ""))]
         for t in complete[:k]
     ]  # fmt: skip
@@ -306,10 +305,10 @@ def _pareto_table(study, k: int) -> str:
     front = _pareto_sorted(study)
     if not front:
         return "no completed trial"
-    names = sorted({p for t in front for p in user_params(t)})
+    names = sorted({p for t in front for p in t.params})
     header = ["#", *objective_names(study), *names, "run_dir"]
     rows = [
-        [str(t.number), *[f"{v:.4g}" for v in t.values], *[_short(user_params(t).get(n)) for n in names],
+        [str(t.number), *[f"{v:.4g}" for v in t.values], *[_short(t.params.get(n)) for n in names],
          str(t.user_attrs.get("run_dir", ""))]
         for t in front[:k]
     ]  # fmt: skip

@@ -36,9 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optimlab import objective as objectives
-from optimlab.config.sweeps import (
-    SweepChecks, check_effective_step, check_objectives, check_settings, models_deferred, refuse,
-)
+from optimlab.config.sweeps import SweepChecks, check_objectives, check_settings, models_deferred, refuse
 from optimlab.errors import ConfigError, OptimlabError, StorageUnreachable, SweepConfigError
 from optimlab.run.signals import EXIT_CODES, status_of_signal
 from optimlab.sweeping import cluster, definition, loop, packing, summary, upstream, warm_start, workers
@@ -119,11 +117,7 @@ class OptimlabSweeperImpl(Sweeper):
         except ConfigError as e:
             refuse(e)  # before the first trial, and before anything is written
         s = self.settings
-        space = upstream.search_space(s.params, s.search_space, s.custom_search_space, arguments, s.effective_step)
-        try:
-            check_effective_step(s.effective_step, space.distributions)
-        except ConfigError as e:
-            refuse(e)
+        space = upstream.search_space(s.params, s.search_space, s.custom_search_space, arguments)
         # optimlab's runs are seeded: trials without a search space repeat one run (another app's
         # task may be random, and upstream runs n_trials such jobs: it keeps that)
         if not space.distributions and space.extender is None and packing.is_optimlab_task(self.task_function):
@@ -220,9 +214,7 @@ class OptimlabSweeperImpl(Sweeper):
         except Exception:  # noqa: BLE001 - the trials will say what is wrong; the sweep's own config defines it
             job = self.config
         own = packing.is_optimlab_task(self.task_function)
-        step = upstream.step_name(*space.step) if space.step else None
-        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own,
-                             step=step)  # fmt: skip
+        return definition.of(job, space.distributions, custom=self.settings.custom_search_space, optimlab_app=own)
 
     def _check_study(self, study, url: str) -> None:
         """A resumed study has this sweep's directions (Optuna would load it silently)."""

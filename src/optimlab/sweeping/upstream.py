@@ -29,21 +29,6 @@ from optimlab.config.overrides import quote  # noqa: F401  (re-exported: every g
 
 SEARCH_SPACE_DOCS = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
 
-# a trial's params as the user's keys (lr, momentum), when the study samples others in their place
-USER_PARAMS = "optimlab.params"
-
-
-def user_params(trial) -> dict[str, Any]:
-    """The params a trial ran with, by the user's keys: what trials.csv, the best command and
-    the report show (the study's own params, unless it sampled the effective step)."""
-    given = trial.user_attrs.get(USER_PARAMS)
-    return dict(given) if given is not None else dict(trial.params)
-
-
-def step_name(lr: str, momentum: str) -> str:
-    """The study's param of ``hydra.sweeper.effective_step=[lr, momentum]``."""
-    return f"{lr}/(1-{momentum})"
-
 
 def distribution_from_override(override: Override) -> BaseDistribution | str:
     """One command-line value as the upstream plugin reads it: a sweep is a distribution,
@@ -96,53 +81,21 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     extender: Callable[[DictConfig, Trial], None] | None = None
-    step: tuple[str, str] | None = None  # effective_step: (lr key, momentum key)
 
     def configure(self, trial: Trial, config: DictConfig) -> list[str]:
         """Sample ``trial``'s params (public ``suggest_*`` API) and return its overrides."""
         for name, dist in self.distributions.items():
-            if self.step is None or name != self.step[0]:
-                suggest(trial, name, dist)
-        params = self._params(trial)
+            suggest(trial, name, dist)
         for name, value in self.fixed.items():
             trial.set_user_attr(name, value)
         if self.extender is not None:
             self.extender(config, trial)  # adds (conditional) params of its own
-            params.update({k: v for k, v in trial.params.items() if k not in params and k != self._step_name})
-        overlap = params.keys() & self.fixed.keys()
+        overlap = trial.params.keys() & self.fixed.keys()
         if overlap:
             raise ValueError(f"these keys are both fixed and searched: {sorted(overlap)}")
         # a sampled string stays a string (a choice such as 8e771234 or inf would parse as a float)
-        sampled = [f"{name}={quote(v) if isinstance(v, str) else v}" for name, v in params.items()]
+        sampled = [f"{name}={quote(v) if isinstance(v, str) else v}" for name, v in trial.params.items()]
         return sampled + [f"{name}={value}" for name, value in self.fixed.items()]
-
-    def study_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``params`` by the user's keys as this space's study samples them (with ``step``:
-        lr / (1 - momentum) in place of lr), e.g. to enqueue a trial."""
-        if self.step is None or self.step[0] not in params or self.step[1] not in params:
-            return dict(params)
-        lr_key, m_key = self.step
-        out = {k: v for k, v in params.items() if k != lr_key}
-        out[self._step_name] = params[lr_key] / (1 - params[m_key])
-        return out
-
-    @property
-    def _step_name(self) -> str | None:
-        return step_name(*self.step) if self.step else None
-
-    def _params(self, trial: Trial) -> dict[str, Any]:
-        """The user's params of ``trial``. With ``step`` the study samples s = lr / (1 - momentum)
-        (log) and momentum, along which SGD's result mostly varies, in place of lr: lr is
-        s · (1 - momentum), kept inside lr's own range, and recorded as the trial's user param."""
-        if self.step is None:
-            return dict(trial.params)
-        lr_key, m_key = self.step
-        lr, m = self.distributions[lr_key], self.distributions[m_key]
-        s = trial.suggest_float(self._step_name, lr.low / (1 - m.low), lr.high / (1 - m.high), log=True)
-        value = min(max(s * (1 - trial.params[m_key]), lr.low), lr.high)
-        params = {k: (value if k == lr_key else trial.params[k]) for k in self.distributions}
-        trial.set_user_attr(USER_PARAMS, params)
-        return params
 
     def grid(self) -> dict[str, list[Any]]:
         """The values a GridSampler walks through (discrete distributions only)."""
@@ -176,7 +129,6 @@ def search_space(
     search_space_cfg: Mapping[str, Any] | None,
     custom_search_space: str | None,
     arguments: Sequence[str],
-    effective_step: Sequence[str] | None = None,
 ) -> SearchSpace:
     """The search space from ``hydra.sweeper.params`` + command-line sweeps, the deprecated
     ``hydra.sweeper.search_space`` (used only when ``params`` is not given, as upstream),
@@ -193,7 +145,7 @@ def search_space(
         legacy = {str(k): distribution_from_config(v) for k, v in search_space_cfg.items()}
     distributions = {k: d for k, d in {**legacy, **found}.items() if k not in fixed}
     extender = instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
-    return SearchSpace(distributions, fixed, extender, tuple(effective_step) if effective_step else None)
+    return SearchSpace(distributions, fixed, extender)
 
 
 # Sampler arguments that hydra-optuna-sweeper's schema always passes (at its defaults) and

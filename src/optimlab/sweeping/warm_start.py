@@ -36,7 +36,6 @@ from optimlab.sweeping.storage import (
     redact,
     study_lock,
 )
-from optimlab.sweeping.upstream import user_params
 from optimlab.sweeping.workers import SWEEP_LOGGER
 
 log = logging.getLogger(SWEEP_LOGGER)
@@ -83,12 +82,11 @@ def plan(settings, url: str, space) -> Seed | None:
     for trial in ranked:
         if len(picked) == min(settings.warm_start_k, settings.n_trials):
             break
-        params = fits(user_params(trial), space.distributions)  # by the user's keys (lr, momentum)
+        params = fits(trial.params, space.distributions)
         if params is None or any(params == p for _, p in picked):
             skipped += 1
             continue
         picked.append((trial.number, params))
-    picked = [(n, space.study_params(p)) for n, p in picked]  # as the new study samples them
     return Seed(f"{shown}#{source.study_name}", redact(storage_url), source.study_name, picked, skipped)
 
 
