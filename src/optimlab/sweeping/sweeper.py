@@ -126,8 +126,9 @@ class OptimlabSweeperImpl(Sweeper):
                 "hydra.sweeper.params): every trial would be the same run; add one, e.g. lr=interval(0.001,0.1), "
                 "or sweep the seed to repeat a run: seed=range(0,5)"
             ))  # fmt: skip
-        if self.settings.n_workers == AUTO:
-            self._resolve_workers()
+        if self.settings.n_workers == AUTO:  # from where the trials train (another app's: None)
+            device = self._device_type() if packing.is_optimlab_task(self.task_function) else None
+            self.settings = dataclasses.replace(self.settings, n_workers=workers.auto(device, self.settings.n_trials))
         sweep = self._open(space)
         if self.settings.n_workers > 1 and self.settings.session is None:
             return self._run_workers(sweep)
@@ -148,7 +149,7 @@ class OptimlabSweeperImpl(Sweeper):
         except SweepConfigError as e:
             refuse(e)
         # a parent's workers: their parent seeded the study
-        seed = warm_start.plan(self.settings, url, space) if self.settings.session is None else None
+        seed = warm_start.plan(self.settings, url, space.distributions) if self.settings.session is None else None
         if self.settings.session is None and models_deferred(self.config):  # optimlab's own checks left them here
             try:
                 SweepChecks().check_models(self.config)
@@ -234,16 +235,6 @@ class OptimlabSweeperImpl(Sweeper):
             # resumed or parallel workers must not replay the same random startup trials
             cfg["seed"] = int(cfg["seed"]) + len(study.get_trials(deepcopy=False)) + 1000 * self.settings.worker_index
         return instantiate(upstream.sampler_kwargs(cfg))
-
-    def _resolve_workers(self) -> None:
-        """``n_workers: auto``, from where the trials train (another app's: a GPU if one is visible)."""
-        gpu_ids = workers.gpus(True)
-        device = self._device_type() if packing.is_optimlab_task(self.task_function) else ("cuda" if gpu_ids else "cpu")
-        n, why = workers.auto_count(device, self.settings.n_trials, gpu_ids)
-        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, workers.cores() // n))
-        log.info("hydra.sweeper.n_workers=auto: %d worker(s) (%s)%s", n, why,
-                 f", {threads} CPU thread(s) each" if device == "cpu" else "")  # fmt: skip
-        self.settings = dataclasses.replace(self.settings, n_workers=n)
 
     def _device_type(self) -> str:
         """Where this worker's trials train (cpu, cuda, mps), as a run resolves ``device``."""

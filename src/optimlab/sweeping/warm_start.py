@@ -27,15 +27,7 @@ from typing import Any
 
 from optimlab import objective
 from optimlab.errors import SweepConfigError
-from optimlab.sweeping.storage import (
-    JOURNAL,
-    SQLITE,
-    absolute_url,
-    default_storage_url,
-    open_storage,
-    redact,
-    study_lock,
-)
+from optimlab.sweeping.storage import JOURNAL, SQLITE, absolute_url, default_storage_url, open_storage, redact, study_lock
 from optimlab.sweeping.workers import SWEEP_LOGGER
 
 log = logging.getLogger(SWEEP_LOGGER)
@@ -56,9 +48,8 @@ class Seed:
     skipped: int = 0  # better source trials whose params do not fit the new search space
 
 
-def plan(settings, url: str, space) -> Seed | None:
-    """The trials to enqueue into the sweep's study at ``url`` (``settings.study_name``),
-    whose search space is ``space`` (an upstream.SearchSpace);
+def plan(settings, url: str, distributions: dict) -> Seed | None:
+    """The trials to enqueue into the sweep's study at ``url`` (``settings.study_name``);
     None when no warm start is asked for, or the study has trials already (one line says
     so). Reads only; SweepConfigError for a source that cannot seed it."""
     spec = settings.warm_start
@@ -82,7 +73,7 @@ def plan(settings, url: str, space) -> Seed | None:
     for trial in ranked:
         if len(picked) == min(settings.warm_start_k, settings.n_trials):
             break
-        params = fits(trial.params, space.distributions)
+        params = fits(trial.params, distributions)
         if params is None or any(params == p for _, p in picked):
             skipped += 1
             continue

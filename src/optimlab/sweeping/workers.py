@@ -190,6 +190,18 @@ def auto_count(device_type: str, n_trials: int, gpu_ids: list[str]) -> tuple[int
     return n, why + (f"; at most n_trials={n_trials}" if n == n_trials and n_trials < cores() else "")
 
 
+def auto(device_type: str | None, n_trials: int) -> int:
+    """``n_workers: auto`` for trials on ``device_type`` (None: another app's, on a GPU if one
+    is visible), said in one line."""
+    gpu_ids = gpus(True)
+    device = device_type or ("cuda" if gpu_ids else "cpu")
+    n, why = auto_count(device, n_trials, gpu_ids)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() // n))
+    log.info("hydra.sweeper.n_workers=auto: %d worker(s) (%s)%s", n, why,
+             f", {threads} CPU thread(s) each" if device == "cpu" else "")  # fmt: skip
+    return n
+
+
 def gpus(assign: bool) -> list[str]:
     """The GPUs to share out among the workers (``assign_gpus``): the visible ones."""
     if not assign:
