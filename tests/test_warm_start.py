@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from optimlab.sweeping.warm_start import WARM_START, WARM_START_OF
 
-TINY = ["model=lenet", "data=digits", "epochs=1", "data.val_size=100", "batch_size=64", "tensorboard=false",
-        "quiet=true", "plots=false", "checkpoint.every=0"]  # fmt: skip
+TINY = ["model=lenet", "data=digits", "data.image_size=16", "+data.limit=384", "epochs=1", "data.val_size=100",
+        "batch_size=64", "tensorboard=false", "quiet=true", "plots=false", "checkpoint.every=0"]  # fmt: skip
 
 
 def args(name: str, *extra: str, lr: str = "interval(0.01,0.15)", n_trials: int = 4) -> list[str]:
