@@ -24,6 +24,7 @@ import pytest
 from conftest import ROOT, finish, run_python, start_python
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from test_reliability_sweeps import metric_rows, wait_for
 from test_sweep import SWEEP_TINY
 
 FAULTS = str(ROOT / "tests" / "faults")
@@ -154,6 +155,59 @@ def test_a_sigkilled_ray_worker_trial_fails_and_continues_from_its_checkpoint(cl
     assert summary["resumed_from"]["epoch"] == 1
     assert summary["resumed_from"]["run_dir"] == str(tmp_path / "multirun" / "k" / "trial_0000")
     assert run_summary(tmp_path, "k", 0)["status"] == "died"
+
+
+STOP_BOUND = 10.0  # seconds from the sweep's SIGTERM to its exit, its Ray tasks stopped and saved
+
+
+@needs_ray
+@pytest.mark.slow
+def test_sigterm_stops_the_ray_tasks_as_preempted_and_the_same_command_resumes_them(cluster, tmp_path):
+    # two workers, a trial each, each trial a Ray task on its own node, held before epoch 2 (epoch 1 checkpointed);
+    # no rung within 2 epochs: the trial behind at epoch 1 would be pruned, not held
+    args = ray_sweep_args("t", cluster, "epochs=2", "checkpoint.every=1", "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.n_workers=2", "hydra.sweeper.pruner.min_resource=3")  # fmt: skip
+    hang = {"PYTHONPATH": FAULTS, "OPTIMLAB_HANG_AT": "2"}
+    log = open(tmp_path / "t.log", "w")  # a file, not a pipe: workers never block on output
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args,
+                             *(f"+hydra.launcher.ray.remote.runtime_env.env_vars.{k}='{v}'" for k, v in hang.items())],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc.log_path = Path(log.name)
+    root = tmp_path / "multirun" / "t"
+    wait_for(lambda: sum(metric_rows(d) >= 1 for d in root.glob("trial_*")) == 2, 120, "both trials to finish epoch 1", proc)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in sorted(root.glob("trial_*"))]
+    pids = [s["environment"]["ray"]["pid"] for s in summaries]
+    assert all(psutil.Process(pid).ppid() != proc.pid for pid in pids)  # Ray workers, not the sweep's processes
+
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - started
+    out = proc.log_path.read_text()
+    assert code == 143, out[-3000:]
+    assert took < STOP_BOUND, f"the sweep took {took:.1f} s to exit after its SIGTERM"
+    assert "Traceback" not in out, out[-3000:]
+    for folder in sorted(root.glob("trial_*")):  # each Ray task got the signal: its run saved where it was
+        summary = json.loads((folder / "summary.json").read_text())
+        assert (summary["status"], summary["epochs_completed"]) == ("preempted", 1), folder
+    study = journal_study(root / "optuna.journal")
+    assert [(t.state.name, t.user_attrs["status"]) for t in study.trials] == [("FAIL", "preempted")] * 2
+
+    done = run_python(str(ROOT / "train.py"), *args, cwd=tmp_path, timeout=180)  # the same command again
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    study = journal_study(root / "optuna.journal")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    resumed = {t.user_attrs["resume_of"]: t for t in study.trials if "resume_of" in t.user_attrs}
+    assert sorted(resumed) == [0, 1]
+    for number, t in resumed.items():
+        assert t.params == study.trials[number].params
+        summary = run_summary(tmp_path, "t", t.number)
+        assert (summary["resumed_from"]["epoch"], summary["epochs_completed"]) == (1, 2)
 
 
 @needs_ray

@@ -24,11 +24,15 @@ def status_of_signal(signum: int) -> str:
     return "interrupted" if signum == signal.SIGINT else "preempted"
 
 
-def raise_for(signum: int) -> None:
-    """Raise what a stop signal means in the main thread: KeyboardInterrupt or Preempted."""
+def error_for(signum: int) -> BaseException:
+    """What a stop signal means in the main thread: KeyboardInterrupt or Preempted."""
     if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Preempted(f"signal {signal.Signals(signum).name}")
+        return KeyboardInterrupt()
+    return Preempted(f"signal {signal.Signals(signum).name}")
+
+
+def raise_for(signum: int) -> None:
+    raise error_for(signum)
 
 
 def status_of(e: BaseException) -> str | None:

@@ -58,6 +58,16 @@ def _quiet_optuna_notes() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
+def device_type(config: DictConfig) -> str:
+    """Where a sweep's trials train (cpu, cuda, mps), as a run resolves ``device``."""
+    from optimlab.engine.devices import resolve_device
+
+    try:
+        return resolve_device(str(config.device.type)).type
+    except Exception:  # noqa: BLE001 - the trials report a bad device themselves
+        return "cpu"
+
+
 class OptimlabSweeperImpl(Sweeper):
     """Hydra's sweeper: :meth:`setup` takes Hydra's context and the run's objective(s);
     :meth:`sweep` checks the sweep, opens its study, then runs as one worker
@@ -67,6 +77,7 @@ class OptimlabSweeperImpl(Sweeper):
     def __init__(self, settings: SweepSettings) -> None:
         self.settings = settings
         self.pack_size = 1
+        self.tasks = cluster.Tasks()  # hydra/launcher=ray: the trials' tasks in flight
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         # the jobs of a search differ in values only: each shape is composed once (sweeping/compose.py)
@@ -102,7 +113,7 @@ class OptimlabSweeperImpl(Sweeper):
                     sys.stderr.flush()
                     raise SystemExit(e.exit_code) from None
             if self.stop.signum is not None:
-                cluster.disconnect()  # hydra/launcher=ray: Ray ends this driver's tasks now
+                cluster.disconnect(self.tasks)  # hydra/launcher=ray: once the stopped tasks have ended
                 status = status_of_signal(self.stop.signum)
                 log.error("sweep %s by %s: its running trials resume when the same command runs again",
                           status, signal.Signals(self.stop.signum).name)  # fmt: skip
@@ -127,7 +138,7 @@ class OptimlabSweeperImpl(Sweeper):
                 "or sweep the seed to repeat a run: seed=range(0,5)"
             ))  # fmt: skip
         if self.settings.n_workers == AUTO:  # from where the trials train (another app's: None)
-            device = self._device_type() if packing.is_optimlab_task(self.task_function) else None
+            device = device_type(self.config) if packing.is_optimlab_task(self.task_function) else None
             self.settings = dataclasses.replace(self.settings, n_workers=workers.auto(device, self.settings.n_trials))
         sweep = self._open(space)
         if self.settings.n_workers > 1 and self.settings.session is None:
@@ -158,7 +169,7 @@ class OptimlabSweeperImpl(Sweeper):
         single_run = summary.single_run(self.config, self.hydra_context.config_loader)
         base_overrides = summary.base_overrides(self.config, space.fixed) + single_run
         if self.settings.pack != 1:
-            self.pack_size = packing.pack_size(self.settings.pack, self._device_type(), self.task_function)
+            self.pack_size = packing.pack_size(self.settings.pack, device_type(self.config), self.task_function)
 
         study, storage = self._open_study(url)
         self._check_study(study, url)
@@ -236,14 +247,6 @@ class OptimlabSweeperImpl(Sweeper):
             cfg["seed"] = int(cfg["seed"]) + len(study.get_trials(deepcopy=False)) + 1000 * self.settings.worker_index
         return instantiate(upstream.sampler_kwargs(cfg))
 
-    def _device_type(self) -> str:
-        """Where this worker's trials train (cpu, cuda, mps), as a run resolves ``device``."""
-        from optimlab.engine.devices import resolve_device
-
-        try:
-            return resolve_device(str(self.config.device.type)).type
-        except Exception:  # noqa: BLE001 - the trials report a bad device themselves
-            return "cpu"
 
     # ------------------------------------------------------------------ one worker, or many
 
@@ -297,7 +300,5 @@ class OptimlabSweeperImpl(Sweeper):
             return packing.launch(side, self.pack_size, trials, jobs)
         if cluster.connect(self.launcher, self.config.hydra.launcher):
             self.stop.rearm()  # ray.init took SIGTERM
-        try:
+        with self.tasks.kept(self.config.hydra.launcher, self.stop):  # a stop signal goes on to the Ray tasks
             return self.launcher.launch(jobs, initial_job_idx=trials[0].number)
-        except SystemError as e:  # a stop signal while ray.get waited, wrapped by Ray
-            raise cluster.unwrapped(e) from None

@@ -53,6 +53,9 @@ class Stop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.children: list[subprocess.Popen] = []
+        # while set, a stop raises KeyboardInterrupt: the one exception ray.get ends its wait on
+        # (Ray swallows any other raised by a handler and waits on); the caller says which stop it was
+        self.interrupts = False
         self._in_job = False
         self._previous: dict = {}
 
@@ -81,6 +84,8 @@ class Stop:
             outage.stop_waiting()  # a worker waiting out a storage outage stops waiting
             self.forward()
             if self._in_job:
+                if self.interrupts:
+                    raise KeyboardInterrupt
                 raise_for(signum)
 
     def forward(self) -> None:
