@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import traceback
@@ -71,8 +72,14 @@ def start_python(*args: str, cwd: Path, env: dict | None = None, module: str | N
     test that signals or kills it; stdout and stderr merged into one pipe (read it with
     ``finish``)."""
     args = ("-m", module, *args) if module else (str(TRAIN_PY), *args)
-    if umask is not None:
-        popen["preexec_fn"] = lambda: os.umask(umask)
+
+    def as_from_a_shell():  # a foreground command: Ctrl-C and SIGTERM at their defaults, whatever this process set
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        if umask is not None:
+            os.umask(umask)
+
+    popen.setdefault("preexec_fn", as_from_a_shell)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
@@ -115,6 +122,7 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
     saved_streams = sys.stdout, sys.stderr
     saved_torch = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     saved_raise = logging.raiseExceptions
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # a run or ray.init may set them
     saved_logging = _logging_state()
     out, err = io.StringIO(), io.StringIO()
     code = 0
@@ -144,6 +152,8 @@ def run_in_process(args, cwd: Path, env: dict | None = None, module: str | None 
         logging.raiseExceptions = saved_raise
         torch.set_num_threads(saved_torch[0])
         torch.use_deterministic_algorithms(saved_torch[1])
+        for s, handler in saved_signals.items():
+            signal.signal(s, handler)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
