@@ -135,7 +135,7 @@ def read_trials(method: str, sweep_dir: Path, study: str) -> list[dict]:
         summary = folder / "summary.json" if folder else None
         durations = (json.loads(summary.read_text()).get("durations") or {}) if summary and summary.is_file() else {}
         out.append({"number": n, "state": state, "end": end, "value": value, "epochs": epochs, "folder": folder,
-                    "worker": worker, "train_s": durations.get("train_s", 0.0)})  # fmt: skip
+                    "worker": worker, "durations": durations, "train_s": durations.get("train_s", 0.0)})  # fmt: skip
     return out
 
 
@@ -215,8 +215,7 @@ def breakdown(trials: list[dict], t0: float) -> dict:
     first: dict[str, float] = {}
     prev = t0
     for t in sorted((t for t in trials if t["end"] is not None), key=lambda t: t["end"]):
-        summary = t["folder"] / "summary.json" if t["folder"] else None
-        d = json.loads(summary.read_text()).get("durations") or {} if summary and summary.is_file() else {}
+        d = t["durations"]  # as read_trials read them from the trial's summary.json
         row = {k: v for k, v in d.items() if isinstance(v, (int, float))}
         row["trial wall (previous trial's end → this end)"] = t["end"] - prev
         row["outside the run (Hydra job, sampler, storage, end plots)"] = t["end"] - prev - d.get("total_s", 0.0)
@@ -316,7 +315,9 @@ def layout(work: Path, rounds: int = 3) -> None:
     this machine: one process with torch's default threads, one with OMP_NUM_THREADS=1, and
     as many one-thread processes at once as there are cores (what ``n_workers: auto`` starts).
     Images per second over all processes, from each run's own steps time; rounds interleaved."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from optimlab.sweeping.workers import cores as usable_cores  # the count n_workers: auto uses
+
+    cores = usable_cores()
     base = [sys.executable, str(ROOT / "train.py"), *TASK, "lr=0.03", "momentum=0.8", "plots=false", "tensorboard=false"]
     env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}
     layouts = {f"1 process, torch's {cores} threads": (1, {}), "1 process, 1 thread": (1, {"OMP_NUM_THREADS": "1"}),
